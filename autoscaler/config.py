@@ -1,0 +1,739 @@
+"""Daemon configuration: one TOML file plus ``AUTOSCALER_*`` environment overrides.
+
+This module only validates. Building runtime objects (Docker clients, HAProxy sessions, cron
+jobs) happens elsewhere, from the frozen ``Settings`` returned by ``load_config``.
+
+Precedence, highest first: keyword overrides > environment > TOML file > model defaults.
+Environment variables use the prefix ``AUTOSCALER_`` and ``__`` between nesting levels, e.g.
+``AUTOSCALER_SERVICES__WEB__MAX_REPLICAS=3``; they are deep-merged into the file, so one
+variable changes one key and leaves the rest of the service table alone.
+"""
+
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.cron import CronTrigger
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
+
+__all__ = [
+    "ConfigError",
+    "DaemonConfig",
+    "DEFAULT_SCALE_DOWN",
+    "DEFAULT_SCALE_UP",
+    "LoadBalancerConfig",
+    "PolicyConfig",
+    "ScalingBehavior",
+    "ScalingRule",
+    "ScheduleWindow",
+    "ServiceConfig",
+    "Settings",
+    "StepRule",
+    "load_config",
+    "parse_host_port",
+    "parse_size",
+]
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``messages`` holds one ``"<dotted.path>: <problem>"`` each."""
+
+    def __init__(self, messages: list[str] | str) -> None:
+        self.messages: list[str] = [messages] if isinstance(messages, str) else list(messages)
+        super().__init__("\n".join(self.messages))
+
+
+# --- scalar parsers -------------------------------------------------------------------------
+
+# Docker's own flags (`--memory 512m`) treat single letters as powers of 1024, so we do too;
+# the spelled-out SI units stay decimal so "100MB" means what a datasheet means.
+_SIZE_MULTIPLIERS: dict[str, int] = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "m": 1024**2,
+    "g": 1024**3,
+    "t": 1024**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+}
+_SIZE_RE = re.compile(r"(-?)(\d+(?:\.\d+)?|\.\d+)\s*([a-z]*)", re.IGNORECASE | re.ASCII)
+_SIZE_HELP = (
+    "use e.g. 256MiB, 1GiB, 512m); accepted units: B, KiB/MiB/GiB/TiB and k/m/g/t "
+    "(powers of 1024), KB/MB/GB/TB (powers of 1000), or a plain number of bytes"
+)
+
+
+def parse_size(text: str | int) -> int:
+    """Return a memory size in bytes; ``int`` input is already bytes. Raises ``ValueError``."""
+    if isinstance(text, bool) or not isinstance(text, (str, int)):
+        raise ValueError(f"{text!r} is not a valid size ({_SIZE_HELP}")
+    if isinstance(text, int):
+        if text <= 0:
+            raise ValueError(f"{text!r} is not a valid size: must be at least 1 byte")
+        return text
+    match = _SIZE_RE.fullmatch(text.strip())
+    if match is None or match.group(3).lower() not in _SIZE_MULTIPLIERS:
+        raise ValueError(f"{text!r} is not a valid size ({_SIZE_HELP}")
+    sign, number, unit = match.groups()
+    # Decimal keeps "1.5GiB" exact; a fraction of a byte is dropped, as Docker does.
+    size = int(Decimal(number) * _SIZE_MULTIPLIERS[unit.lower()])
+    if sign or size <= 0:
+        raise ValueError(f"{text!r} is not a valid size: must be at least 1 byte")
+    return size
+
+
+_HOST_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE | re.ASCII)
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+
+
+def _is_host(host: str) -> bool:
+    # All-numeric names would be read as (possibly broken) IPv4 addresses by resolvers.
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return False
+        return True
+    return len(host) <= 253 and all(_HOST_LABEL_RE.fullmatch(label) for label in host.split("."))
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """Split ``"host:port"`` or ``"[ipv6]:port"``; the host is returned without brackets."""
+    if not isinstance(text, str):
+        raise ValueError(f"{text!r} is not a valid host:port (expected a string like '127.0.0.1:8080')")
+    prefix = f"{text!r} is not a valid host:port"
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{prefix}: expected '[ipv6]:port', e.g. '[::1]:8080'")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{prefix}: {host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"{prefix}: expected 'host:port', e.g. '127.0.0.1:8080'")
+        if ":" in host:
+            raise ValueError(f"{prefix}: put IPv6 addresses in brackets, e.g. '[::1]:8080'")
+        if not host:
+            raise ValueError(f"{prefix}: the host is empty (use 0.0.0.0 to listen everywhere)")
+        if not _is_host(host):
+            raise ValueError(f"{prefix}: {host!r} is not an IPv4 address or host name")
+    if not _PORT_RE.fullmatch(port_text) or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{prefix}: port must be a number between 1 and 65535")
+    return host, int(port_text)
+
+
+def _check_host_port(value: str) -> str:
+    parse_host_port(value)
+    return value
+
+
+HostPort = Annotated[str, AfterValidator(_check_host_port)]
+
+
+# --- cross-field problems -------------------------------------------------------------------
+
+Loc = tuple[str | int, ...]
+
+
+def _raise_problems(problems: list[tuple[Loc, str]]) -> None:
+    """Report every cross-field problem of one model at once, each under its own sub-path.
+
+    A validator can raise only one error, and pydantic would file it under the model's own
+    path; carrying (sub-path, message) pairs in the error context lets ``load_config`` print
+    ``services.web.max_replicas: ...`` instead of ``services.web: ...``.
+    """
+    if problems:
+        summary = "; ".join(f"{'.'.join(map(str, loc)) or '<model>'}: {text}" for loc, text in problems)
+        raise PydanticCustomError("config_problems", "{summary}", {"summary": summary, "problems": problems})
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- daemon and load balancer ---------------------------------------------------------------
+
+
+class DaemonConfig(_Model):
+    interval_seconds: float = Field(5.0, gt=0)
+    metrics_listen: HostPort = "127.0.0.1:9464"
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Decide and log, but never start, stop or re-route anything.
+    dry_run: bool = False
+
+    @property
+    def metrics_host_port(self) -> tuple[str, int]:
+        return parse_host_port(self.metrics_listen)
+
+
+class LoadBalancerConfig(_Model):
+    image: str = Field("autoscaler-haproxy:latest", min_length=1)
+    publish: HostPort
+    algorithm: Literal["roundrobin", "leastconn", "random", "first"] = "roundrobin"
+
+    @property
+    def publish_host_port(self) -> tuple[str, int]:
+        return parse_host_port(self.publish)
+
+
+# --- scaling behavior (Kubernetes HPA v2 semantics) ------------------------------------------
+
+
+class ScalingRule(_Model):
+    """At most ``value`` replicas (or percent of current replicas) per ``period_seconds``."""
+
+    type: Literal["replicas", "percent"]
+    value: int = Field(gt=0)
+    # The HPA caps periods at 30 minutes; it also bounds how much scale history we keep.
+    period_seconds: int = Field(gt=0, le=1800)
+
+
+class ScalingBehavior(_Model):
+    """One direction of the HPA ``behavior`` block; ``None`` fields mean "use the default"."""
+
+    stabilization_seconds: Annotated[int, Field(ge=0, le=3600)] | None = None
+    # Which rule wins when several apply: "max" allows the biggest change, "min" the smallest,
+    # "disabled" forbids scaling in this direction altogether.
+    select: Literal["max", "min", "disabled"] = "max"
+    # An empty list would mean "no limit" for one reader and "never scale" for another.
+    rules: Annotated[list[ScalingRule], Field(min_length=1)] | None = None
+
+    def with_defaults(self, defaults: "ScalingBehavior") -> "ScalingBehavior":
+        """Fill unset fields from ``defaults`` (``select`` is always set: both defaults are "max")."""
+        return ScalingBehavior(
+            stabilization_seconds=(
+                self.stabilization_seconds if self.stabilization_seconds is not None else defaults.stabilization_seconds
+            ),
+            select=self.select,
+            rules=list(self.rules if self.rules is not None else defaults.rules or []),
+        )
+
+
+# The HPA defaults: react to load at once (up to 4 pods or doubling per 15 s), but only shrink
+# after the recommendation has stayed low for 5 minutes.
+DEFAULT_SCALE_UP = ScalingBehavior(
+    stabilization_seconds=0,
+    select="max",
+    rules=[
+        ScalingRule(type="replicas", value=4, period_seconds=15),
+        ScalingRule(type="percent", value=100, period_seconds=15),
+    ],
+)
+DEFAULT_SCALE_DOWN = ScalingBehavior(
+    stabilization_seconds=300,
+    select="max",
+    rules=[ScalingRule(type="percent", value=100, period_seconds=15)],
+)
+
+
+# --- step scaling ---------------------------------------------------------------------------
+
+MetricName = Literal["cpu", "memory", "requests_per_second", "response_time_ms", "queue"]
+
+_ADJUSTMENT_RE = re.compile(r"([+-])([0-9]+)(%?)|0%?", re.ASCII)
+
+
+class StepRule(_Model):
+    """When ``lower <= metric < upper``, change the replica count by ``adjustment``."""
+
+    metric: MetricName
+    lower: float | None = None
+    upper: float | None = None
+    # "+2" / "-1" change the count; "+50%" / "-25%" change it relative to the current count.
+    adjustment: str
+
+    @field_validator("adjustment", mode="before")
+    @classmethod
+    def _check_adjustment(cls, value: Any) -> Any:
+        # TOML reads `adjustment = +2` as the integer 2; that is unambiguous, so accept it.
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = f"{value:+d}" if value else "0"
+        if not isinstance(value, str) or not _ADJUSTMENT_RE.fullmatch(value.strip()):
+            raise ValueError(f"{value!r} is not a valid adjustment (use e.g. '+2', '-1', '+50%', '-25%' or '0')")
+        value = value.strip()
+        if value.startswith("-") and value.endswith("%") and int(value[1:-1]) > 100:
+            raise ValueError(f"{value!r} would remove more than 100% of the replicas")
+        return value
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "StepRule":
+        if self.lower is None and self.upper is None:
+            _raise_problems([((), "set lower, upper or both (lower is inclusive, upper exclusive)")])
+        if self.lower is not None and self.upper is not None and self.lower >= self.upper:
+            _raise_problems([(("upper",), f"must be > lower ({self.lower:g})")])
+        return self
+
+    @property
+    def adjustment_value(self) -> int:
+        """Signed amount: replicas, or percent of the current replicas if ``adjustment_is_percent``."""
+        return int(self.adjustment.rstrip("%"))
+
+    @property
+    def adjustment_is_percent(self) -> bool:
+        return self.adjustment.endswith("%")
+
+    def contains(self, value: float) -> bool:
+        return (self.lower is None or value >= self.lower) and (self.upper is None or value < self.upper)
+
+    def overlaps(self, other: "StepRule") -> bool:
+        if self.metric != other.metric:
+            return False
+        inf = float("inf")
+        lower_a, upper_a = self.lower if self.lower is not None else -inf, self.upper if self.upper is not None else inf
+        lower_b, upper_b = other.lower if other.lower is not None else -inf, other.upper if other.upper is not None else inf
+        return lower_a < upper_b and lower_b < upper_a
+
+
+# --- scheduled capacity ---------------------------------------------------------------------
+
+
+def _check_timezone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f"unknown time zone {value!r} (use an IANA name such as 'UTC' or 'Europe/Berlin')") from None
+    return value
+
+
+class ScheduleWindow(_Model):
+    """From each ``cron`` firing, for ``duration_seconds``, override the replica bounds."""
+
+    name: str = Field(min_length=1)
+    cron: str
+    duration_seconds: int = Field(gt=0)
+    min_replicas: Annotated[int, Field(ge=0)] | None = None
+    max_replicas: Annotated[int, Field(ge=1)] | None = None
+    timezone: Annotated[str, AfterValidator(_check_timezone)] = "UTC"
+
+    @field_validator("cron")
+    @classmethod
+    def _check_cron(cls, value: str) -> str:
+        # The zone does not change what parses, so the syntax check can run without it and
+        # report a bad cron and a bad timezone independently.
+        try:
+            CronTrigger.from_crontab(value, timezone="UTC")
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{value!r} is not a valid 5-field crontab expression ({exc})") from None
+        return value
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "ScheduleWindow":
+        if self.min_replicas is None and self.max_replicas is None:
+            _raise_problems([((), "set min_replicas, max_replicas or both")])
+        if self.min_replicas is not None and self.max_replicas is not None and self.min_replicas > self.max_replicas:
+            _raise_problems([(("max_replicas",), f"must be >= min_replicas ({self.min_replicas})")])
+        return self
+
+    def trigger(self) -> CronTrigger:
+        return CronTrigger.from_crontab(self.cron, timezone=ZoneInfo(self.timezone))
+
+
+# --- policy ---------------------------------------------------------------------------------
+
+Percent = Annotated[float, Field(gt=0, le=100)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Tolerance = Annotated[float, Field(ge=0, lt=1)]
+
+
+class PolicyConfig(_Model):
+    strategy: Literal["target", "step"] = "target"
+    # Utilisation is measured against the service's cpu_limit / memory_limit. TOML has no
+    # null, so the CPU target cannot be switched off from the file: it is always active with
+    # the "target" strategy (default 60) alongside any other target you set.
+    target_cpu_percent: Percent | None = 60.0
+    target_memory_percent: Percent | None = None
+    target_requests_per_second_per_replica: PositiveFloat | None = None
+    target_response_time_ms: PositiveFloat | None = None
+    # No scaling while |current/target - 1| <= tolerance, so noise does not cause flapping.
+    tolerance: Tolerance = 0.1
+    tolerance_up: Tolerance | None = None
+    tolerance_down: Tolerance | None = None
+    # Replicas younger than this are left out of CPU averages: start-up spikes are not load.
+    initialization_seconds: float = Field(30.0, ge=0)
+    # Shorthand for scale_down.stabilization_seconds, the knob people most often change.
+    scale_down_stabilization_seconds: Annotated[int, Field(ge=0, le=3600)] | None = None
+    drain_timeout_seconds: float = Field(30.0, ge=0)
+    # Consecutive failed metric reads before fallback_replicas (if set) takes over.
+    failure_threshold: int = Field(3, ge=1)
+    fallback_replicas: Annotated[int, Field(ge=0)] | None = None
+    scale_up: ScalingBehavior | None = None
+    scale_down: ScalingBehavior | None = None
+    steps: list[StepRule] = []
+
+    @model_validator(mode="after")
+    def _check_policy(self) -> "PolicyConfig":
+        problems: list[tuple[Loc, str]] = []
+        if self.strategy == "target" and not self.targets():
+            problems.append(((), 'strategy "target" needs at least one target_* setting'))
+        if self.strategy == "step" and not self.steps:
+            problems.append((("steps",), 'strategy "step" needs at least one [[...policy.steps]] rule'))
+        if self.strategy != "step" and self.steps:
+            # Silently ignoring rules the user wrote would be worse than refusing to start.
+            problems.append((("steps",), 'steps are only used with strategy = "step"'))
+        for index, step in enumerate(self.steps):
+            for earlier in range(index):
+                if step.overlaps(self.steps[earlier]):
+                    problems.append((("steps", index), f"overlaps steps.{earlier} for metric {step.metric!r}"))
+        shorthand = self.scale_down_stabilization_seconds
+        explicit = self.scale_down.stabilization_seconds if self.scale_down is not None else None
+        if shorthand is not None and explicit is not None and shorthand != explicit:
+            problems.append(
+                (
+                    ("scale_down_stabilization_seconds",),
+                    f"conflicts with scale_down.stabilization_seconds ({shorthand} != {explicit}); set only one",
+                )
+            )
+        _raise_problems(problems)
+        return self
+
+    def targets(self) -> dict[str, float]:
+        """The configured targets keyed by the metric names used in step rules."""
+        candidates = {
+            "cpu": self.target_cpu_percent,
+            "memory": self.target_memory_percent,
+            "requests_per_second": self.target_requests_per_second_per_replica,
+            "response_time_ms": self.target_response_time_ms,
+        }
+        return {metric: target for metric, target in candidates.items() if target is not None}
+
+    @property
+    def effective_tolerance_up(self) -> float:
+        return self.tolerance if self.tolerance_up is None else self.tolerance_up
+
+    @property
+    def effective_tolerance_down(self) -> float:
+        return self.tolerance if self.tolerance_down is None else self.tolerance_down
+
+    def effective_scale_up(self) -> ScalingBehavior:
+        return (self.scale_up or ScalingBehavior()).with_defaults(DEFAULT_SCALE_UP)
+
+    def effective_scale_down(self) -> ScalingBehavior:
+        behavior = self.scale_down or ScalingBehavior()
+        if behavior.stabilization_seconds is None and self.scale_down_stabilization_seconds is not None:
+            behavior = behavior.model_copy(update={"stabilization_seconds": self.scale_down_stabilization_seconds})
+        return behavior.with_defaults(DEFAULT_SCALE_DOWN)
+
+
+# --- service --------------------------------------------------------------------------------
+
+_DOCKER_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", re.ASCII)
+
+
+class ServiceConfig(_Model):
+    image: str
+    # The port the application listens on inside each replica; HAProxy connects to it.
+    port: int = Field(ge=1, le=65535)
+    command: list[str] = []
+    env: dict[str, str] = {}
+    # None: a per-service network named "autoscaler-<service>" (see Settings.network_for).
+    network: str | None = None
+    # CPU cores per replica; utilisation percentages are relative to this.
+    cpu_limit: float = Field(gt=0)
+    # Bytes per replica; the file may say "256MiB", "1GiB", "512m" (see parse_size).
+    memory_limit: int = Field(gt=0)
+    health_path: str = "/healthz"
+    min_replicas: int = Field(1, ge=1)
+    max_replicas: int = Field(8, ge=1)
+    stop_timeout_seconds: int = Field(10, ge=0)
+    startup_timeout_seconds: float = Field(60.0, gt=0)
+    load_balancer: LoadBalancerConfig
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    schedule: list[ScheduleWindow] = []
+
+    @field_validator("image")
+    @classmethod
+    def _check_image(cls, value: str) -> str:
+        if not value or any(char.isspace() for char in value):
+            raise ValueError("must be a non-empty image reference without spaces, e.g. 'nginx:1.27'")
+        return value
+
+    @field_validator("network")
+    @classmethod
+    def _check_network(cls, value: str | None) -> str | None:
+        if value is not None and not _DOCKER_NAME_RE.fullmatch(value):
+            raise ValueError(f"{value!r} is not a valid Docker network name")
+        return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _stringify_env(cls, value: Any) -> Any:
+        # Container environments are strings; `PORT = 8000` in TOML obviously means "8000".
+        if isinstance(value, Mapping):
+            return {
+                key: str(item) if isinstance(item, (int, float)) and not isinstance(item, bool) else item
+                for key, item in value.items()
+            }
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _check_env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in value if not name or "=" in name or "\0" in name]
+        if bad:
+            raise ValueError(f"invalid variable name(s) {bad!r}: must be non-empty and contain no '='")
+        return value
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _parse_memory_limit(cls, value: Any) -> int:
+        return parse_size(value)
+
+    @field_validator("health_path")
+    @classmethod
+    def _check_health_path(cls, value: str) -> str:
+        if not value.startswith("/") or any(char.isspace() for char in value):
+            raise ValueError(f"{value!r} must start with '/' and contain no spaces")
+        return value
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "ServiceConfig":
+        problems: list[tuple[Loc, str]] = []
+        if self.max_replicas < self.min_replicas:
+            problems.append((("max_replicas",), f"must be >= min_replicas ({self.min_replicas})"))
+        fallback = self.policy.fallback_replicas
+        if fallback is not None and not self.min_replicas <= fallback <= self.max_replicas:
+            problems.append(
+                (
+                    ("policy", "fallback_replicas"),
+                    f"must be between min_replicas ({self.min_replicas}) and max_replicas ({self.max_replicas})",
+                )
+            )
+        seen: dict[str, int] = {}
+        for index, window in enumerate(self.schedule):
+            if window.name in seen:
+                problems.append((("schedule", index, "name"), f"duplicate window name (also schedule.{seen[window.name]})"))
+            seen.setdefault(window.name, index)
+            # A window overrides one bound; the other still comes from the service.
+            low = window.min_replicas if window.min_replicas is not None else self.min_replicas
+            high = window.max_replicas if window.max_replicas is not None else self.max_replicas
+            if low > high:
+                field = "min_replicas" if window.min_replicas is not None else "max_replicas"
+                problems.append(
+                    (("schedule", index, field), f"window bounds {low}..{high} are empty (min_replicas > max_replicas)")
+                )
+        _raise_problems(problems)
+        return self
+
+
+# --- top level ------------------------------------------------------------------------------
+
+_SERVICE_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,40}", re.ASCII)
+
+
+def _check_service_name(name: str) -> str:
+    # Names end up in container, network and HAProxy backend names and in metric labels.
+    if not _SERVICE_NAME_RE.fullmatch(name):
+        raise ValueError(
+            "invalid service name (use 1-41 lowercase letters, digits, '_', '.' or '-', starting with a letter or digit)"
+        )
+    return name
+
+
+ServiceName = Annotated[str, AfterValidator(_check_service_name)]
+
+_WILDCARD_HOSTS = {"0.0.0.0", "::"}
+
+
+def _binds_clash(first: tuple[str, int], second: tuple[str, int]) -> bool:
+    (host_a, port_a), (host_b, port_b) = first, second
+    return port_a == port_b and (host_a == host_b or host_a in _WILDCARD_HOSTS or host_b in _WILDCARD_HOSTS)
+
+
+@dataclass(frozen=True)
+class _LoadRequest:
+    toml_file: Path
+    environ: Mapping[str, str]
+
+
+# settings_customise_sources is a classmethod with no per-call arguments; a context variable
+# carries the file and environment of the current load_config() call without a class per file.
+_LOAD_REQUEST: ContextVar[_LoadRequest | None] = ContextVar("autoscaler_config_load_request", default=None)
+
+
+class _EnvSource(EnvSettingsSource):
+    """The standard env source, reading an injected mapping instead of ``os.environ``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {(key if self.case_sensitive else key.lower()): value for key, value in self._environ.items()}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="AUTOSCALER_",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
+    )
+
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig)
+    services: dict[ServiceName, ServiceConfig]
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No dotenv and no secrets dir: one file plus the environment is the whole story.
+        request = _LOAD_REQUEST.get()
+        if request is None:
+            return (init_settings, env_settings)
+        return (
+            init_settings,
+            _EnvSource(settings_cls, request.environ),
+            TomlConfigSettingsSource(settings_cls, toml_file=request.toml_file),
+        )
+
+    @field_validator("services")
+    @classmethod
+    def _check_not_empty(cls, value: dict[str, ServiceConfig]) -> dict[str, ServiceConfig]:
+        if not value:
+            raise ValueError("define at least one service, e.g. [services.web]")
+        return value
+
+    @model_validator(mode="after")
+    def _check_listeners(self) -> "Settings":
+        # Two listeners on one address would make the second load balancer (or the metrics
+        # endpoint) fail at start-up, long after the config was "accepted".
+        problems: list[tuple[Loc, str]] = []
+        taken: list[tuple[tuple[str, int], str, str]] = [
+            (self.daemon.metrics_host_port, "daemon.metrics_listen", self.daemon.metrics_listen)
+        ]
+        for name, service in self.services.items():
+            bind = service.load_balancer.publish_host_port
+            for other_bind, owner, address in taken:
+                if _binds_clash(bind, other_bind):
+                    what = "the metrics endpoint" if owner == "daemon.metrics_listen" else f"service {owner!r}"
+                    problems.append(
+                        (
+                            ("services", name, "load_balancer", "publish"),
+                            f"{service.load_balancer.publish} clashes with {address} used by {what}",
+                        )
+                    )
+                    break
+            taken.append((bind, name, service.load_balancer.publish))
+        _raise_problems(problems)
+        return self
+
+    def network_for(self, name: str) -> str:
+        """The Docker network of service ``name``: its ``network`` or ``autoscaler-<name>``."""
+        return self.services[name].network or f"autoscaler-{name}"
+
+
+# --- loading --------------------------------------------------------------------------------
+
+_COMPARISONS = {
+    "greater_than": (">", "gt"),
+    "greater_than_equal": (">=", "ge"),
+    "less_than": ("<", "lt"),
+    "less_than_equal": ("<=", "le"),
+}
+
+
+def _dotted(loc: Loc) -> str:
+    # "[key]" marks an error in a dict key (a service name); the name itself is the path.
+    return ".".join(str(part) for part in loc if part != "[key]") or "<config>"
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    kind: str = error["type"]
+    ctx: Mapping[str, Any] = error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    if kind in _COMPARISONS:
+        symbol, bound = _COMPARISONS[kind]
+        limit = ctx[bound]
+        shown = f"{limit:g}" if isinstance(limit, float) else str(limit)  # "> 0", not "> 0.0"
+        return f"must be {symbol} {shown} (got {error['input']!r})"
+    if kind == "literal_error":
+        return f"must be {ctx['expected']} (got {error['input']!r})"
+    if kind in ("value_error", "assertion_error") and "error" in ctx:
+        return str(ctx["error"])
+    return str(error["msg"])
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One ``"<dotted.path>: <problem>"`` line per error, in pydantic's order."""
+    messages: list[str] = []
+    for error in exc.errors(include_url=False):
+        if error["type"] == "config_problems":
+            loc: Loc = tuple(error["loc"])
+            messages.extend(f"{_dotted(loc + sub_loc)}: {text}" for sub_loc, text in error["ctx"]["problems"])
+        else:
+            messages.append(f"{_dotted(tuple(error['loc']))}: {_describe(error)}")
+    return messages
+
+
+def load_config(
+    path: str | os.PathLike[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read and validate the TOML file at ``path`` with ``AUTOSCALER_*`` overrides from ``environ``.
+
+    ``environ`` defaults to ``os.environ``; ``overrides`` (e.g. from CLI flags) beat both.
+    Every problem found is raised together as one ``ConfigError``.
+    """
+    toml_file = Path(path)
+    if not toml_file.exists():
+        raise ConfigError(f"{path}: file not found")
+    if not toml_file.is_file():
+        raise ConfigError(f"{path}: not a regular file")
+    token = _LOAD_REQUEST.set(_LoadRequest(toml_file, os.environ if environ is None else environ))
+    try:
+        return Settings(**dict(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+    except SettingsError as exc:
+        # Raised for environment values that should be JSON (lists, tables) but are not.
+        raise ConfigError(
+            f"environment: {exc} (list and table values must be JSON, "
+            """e.g. AUTOSCALER_SERVICES__WEB__COMMAND='["serve", "--fast"]')"""
+        ) from exc
+    finally:
+        _LOAD_REQUEST.reset(token)

@@ -1,0 +1,196 @@
+"""HAProxy's runtime API: add, health-check, drain and delete servers, read stats.
+
+Membership changes only through the runtime API, never by a reload: a reload drops every
+dynamically added server. One TCP connection per command (about 1 ms each).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import socket
+from dataclasses import dataclass
+
+from autoscaler.instrument import NULL_OBSERVER, CallObserver
+
+BACKEND = "replicas"  # the backend name in deploy/haproxy/haproxy.cfg
+
+
+class HAProxyError(Exception):
+    def __init__(self, operation: str, message: str) -> None:
+        self.operation = operation
+        super().__init__(f"haproxy {operation}: {message}")
+
+
+@dataclass(frozen=True)
+class ServerStat:
+    name: str
+    address: str  # "ip:port"
+    status: str  # UP, DOWN, MAINT, DRAIN, NOLB, "UP 1/2", ...
+    check_status: str  # L7OK, L4CON, INI, ...
+    sessions_current: int
+    sessions_total: int
+    request_rate: float  # requests in the last second (req_rate)
+    response_time_ms: float | None  # mean of the last 1024 responses (rtime)
+    queue_current: int
+    http_5xx_total: int
+
+    @property
+    def maintenance(self) -> bool:
+        return self.status.startswith("MAINT")
+
+    @property
+    def draining(self) -> bool:
+        return self.status.startswith("DRAIN")
+
+    @property
+    def check_passed(self) -> bool:
+        return self.check_status in ("L7OK", "L6OK", "L4OK")
+
+    @property
+    def serving(self) -> bool:
+        """In rotation and healthy: gets new traffic."""
+        return self.status.startswith("UP") and not self.maintenance
+
+
+@dataclass(frozen=True)
+class BackendStat:
+    queue_current: int
+    sessions_current: int
+    request_rate: float
+    response_time_ms: float | None
+
+
+def _int(value: str) -> int:
+    return int(value) if value not in ("", None) else 0
+
+
+class HAProxyRuntime:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        backend: str = BACKEND,
+        timeout_seconds: float = 3.0,
+        observer: CallObserver = NULL_OBSERVER,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.backend = backend
+        self.timeout_seconds = timeout_seconds
+        self._observer = observer
+
+    def command(self, line: str, operation: str = "command") -> str:
+        with self._observer.call("haproxy", operation):
+            try:
+                with socket.create_connection((self.host, self.port), self.timeout_seconds) as sock:
+                    sock.settimeout(self.timeout_seconds)
+                    sock.sendall(line.encode() + b"\n")
+                    chunks = []
+                    while chunk := sock.recv(65536):
+                        chunks.append(chunk)
+            except OSError as exc:
+                raise HAProxyError(operation, f"runtime API at {self.host}:{self.port}: {exc}") from exc
+        return b"".join(chunks).decode(errors="replace").strip()
+
+    def ping(self) -> bool:
+        try:
+            return "Name: HAProxy" in self.command("show info", "ping")
+        except HAProxyError:
+            return False
+
+    # --- stats ----------------------------------------------------------------------------
+
+    def _stat_rows(self) -> list[dict[str, str]]:
+        text = self.command("show stat -1 6 -1", "show_stat")  # 2 = backends, 4 = servers
+        if not text.startswith("# "):
+            raise HAProxyError("show_stat", f"unexpected answer: {text[:200]!r}")
+        rows = csv.DictReader(io.StringIO(text[2:]))
+        return [row for row in rows if row.get("pxname") == self.backend]
+
+    def servers(self) -> dict[str, ServerStat]:
+        return self._servers(self._stat_rows())
+
+    def _servers(self, rows: list[dict[str, str]]) -> dict[str, ServerStat]:
+        result = {}
+        for row in rows:
+            if row["svname"] == "BACKEND":
+                continue
+            rtime = row.get("rtime")
+            result[row["svname"]] = ServerStat(
+                name=row["svname"],
+                address=row.get("addr", ""),
+                status=row["status"],
+                check_status=row.get("check_status", "").lstrip("* "),
+                sessions_current=_int(row["scur"]),
+                sessions_total=_int(row["stot"]),
+                request_rate=float(_int(row.get("rate", ""))),
+                response_time_ms=float(rtime) if rtime and _int(row["stot"]) else None,
+                queue_current=_int(row["qcur"]),
+                http_5xx_total=_int(row.get("hrsp_5xx", "")),
+            )
+        return result
+
+    def snapshot(self) -> tuple[BackendStat, dict[str, ServerStat]]:
+        rows = self._stat_rows()
+        backend = next((r for r in rows if r["svname"] == "BACKEND"), None)
+        if backend is None:
+            raise HAProxyError("show_stat", f"backend {self.backend!r} not found")
+        rtime = backend.get("rtime")
+        stat = BackendStat(
+            queue_current=_int(backend["qcur"]),
+            sessions_current=_int(backend["scur"]),
+            request_rate=float(_int(backend.get("rate", ""))),
+            response_time_ms=float(rtime) if rtime and _int(backend["stot"]) else None,
+        )
+        return stat, self._servers(rows)
+
+    # --- membership -----------------------------------------------------------------------
+
+    def _expect(self, operation: str, line: str, ok: tuple[str, ...] = ("",)) -> None:
+        answer = self.command(line, operation)
+        if answer not in ok:
+            raise HAProxyError(operation, f"{line!r} -> {answer!r}")
+
+    def add_server(
+        self, name: str, address: str, port: int, check_interval_ms: int = 1000, rise: int = 2, fall: int = 2
+    ) -> None:
+        """Adds the server in maintenance with an HTTP health check (the backend's httpchk).
+
+        Dynamic servers do not inherit default-server settings, so the check is spelled out.
+        """
+        self._expect(
+            "add_server",
+            f"add server {self.backend}/{name} {address}:{port} check inter {check_interval_ms} "
+            f"rise {rise} fall {fall}",
+            ok=("New server registered.",),
+        )
+
+    def enable_health(self, name: str) -> None:
+        self._expect("enable_health", f"enable health {self.backend}/{name}")
+
+    def set_ready(self, name: str) -> None:
+        self._expect("set_ready", f"set server {self.backend}/{name} state ready")
+
+    def set_drain(self, name: str) -> None:
+        self._expect("set_drain", f"set server {self.backend}/{name} state drain")
+
+    def set_maint(self, name: str) -> None:
+        self._expect("set_maint", f"set server {self.backend}/{name} state maint")
+
+    def shutdown_sessions(self, name: str) -> None:
+        self._expect("shutdown_sessions", f"shutdown sessions server {self.backend}/{name}")
+
+    def delete_server(self, name: str) -> None:
+        """maint -> delete. A server must be in maintenance with no connections to be deleted."""
+        self.set_maint(name)
+        answer = self.command(f"del server {self.backend}/{name}", "del_server")
+        if answer == "Server deleted.":
+            return
+        if "still has" in answer or "connections" in answer:
+            # Idle keep-alive connections block a delete; close them and try once more.
+            self.shutdown_sessions(name)
+            answer = self.command(f"del server {self.backend}/{name}", "del_server")
+            if answer == "Server deleted.":
+                return
+        raise HAProxyError("del_server", f"{name}: {answer!r}")

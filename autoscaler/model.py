@@ -1,0 +1,135 @@
+"""Frozen value types shared by the policy, the control loop and the tools.
+
+Nothing here does I/O: a snapshot is what the loop observed, a decision is what the policy
+concluded, history is what the policy remembers. All times are seconds on one clock that the
+caller chooses (monotonic in the daemon, trace time in the simulator).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Metric(StrEnum):
+    CPU = "cpu"
+    MEMORY = "memory"
+    REQUESTS_PER_SECOND = "requests_per_second"
+    RESPONSE_TIME_MS = "response_time_ms"
+    QUEUE = "queue"
+
+
+class Direction(StrEnum):
+    UP = "up"
+    DOWN = "down"
+    NONE = "none"
+
+
+@dataclass(frozen=True)
+class ReplicaSample:
+    """One replica as the policy sees it. None = no reading ("missing"), never 0."""
+
+    name: str
+    ready: bool
+    age_seconds: float
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
+    requests_per_second: float | None = None
+    response_time_ms: float | None = None
+
+    def value(self, metric: Metric) -> float | None:
+        return {
+            Metric.CPU: self.cpu_percent,
+            Metric.MEMORY: self.memory_percent,
+            Metric.REQUESTS_PER_SECOND: self.requests_per_second,
+            Metric.RESPONSE_TIME_MS: self.response_time_ms,
+        }.get(metric)
+
+
+@dataclass(frozen=True)
+class ServiceSnapshot:
+    """Everything observed about one service in one cycle.
+
+    `replicas` are the live replicas that count toward the current size (not draining).
+    `metrics_error` is set when the metrics source failed as a whole this cycle.
+    """
+
+    service: str
+    replicas: tuple[ReplicaSample, ...]
+    queue_current: float | None = None
+    metrics_error: str | None = None
+
+    @property
+    def current_replicas(self) -> int:
+        return len(self.replicas)
+
+    @property
+    def ready_replicas(self) -> int:
+        return sum(1 for r in self.replicas if r.ready)
+
+
+@dataclass(frozen=True)
+class MetricProposal:
+    """What one metric asks for, and why."""
+
+    metric: Metric
+    utilization: float | None  # the pooled value compared with the target (percent, rps, ms)
+    target: float
+    proposal: int | None  # None = this metric could not be evaluated
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    service: str
+    current: int
+    desired: int
+    reason: str  # short machine-readable cause: a metric label and a log field
+    message: str  # one human line: "cpu 87% > target 60% -> 2 -> 3"
+    proposals: tuple[MetricProposal, ...] = ()
+    recommendation: int | None = None  # desired before stabilization, rate limits and bounds
+
+    @property
+    def direction(self) -> Direction:
+        if self.desired > self.current:
+            return Direction.UP
+        if self.desired < self.current:
+            return Direction.DOWN
+        return Direction.NONE
+
+
+@dataclass(frozen=True)
+class TimedValue:
+    at_seconds: float
+    value: int
+
+
+@dataclass(frozen=True)
+class History:
+    """What the policy remembers between cycles; replaced, never mutated.
+
+    recommendations: raw per-cycle recommendations, for the stabilization windows.
+    scale_up_events / scale_down_events: replicas added/removed and when, for rate limits.
+    consecutive_failures: cycles in a row whose metrics failed as a whole.
+    """
+
+    recommendations: tuple[TimedValue, ...] = ()
+    scale_up_events: tuple[TimedValue, ...] = ()
+    scale_down_events: tuple[TimedValue, ...] = ()
+    consecutive_failures: int = 0
+
+    def pruned(self, now: float, keep_seconds: float) -> History:
+        cutoff = now - keep_seconds
+        return History(
+            recommendations=tuple(r for r in self.recommendations if r.at_seconds > cutoff),
+            scale_up_events=tuple(e for e in self.scale_up_events if e.at_seconds > cutoff),
+            scale_down_events=tuple(e for e in self.scale_down_events if e.at_seconds > cutoff),
+            consecutive_failures=self.consecutive_failures,
+        )
+
+
+@dataclass(frozen=True)
+class Bounds:
+    min_replicas: int
+    max_replicas: int
+    source: str = "config"  # or the name of the schedule window in force

@@ -1,0 +1,186 @@
+"""Stabilization windows, rate-limit rules and bounds, as the HPA's `behavior` defines them.
+
+Free functions after horizontal.go: stabilize_recommendation, scale_up_limit, scale_down_limit,
+limit_rate, clamp. Each returns the new value and, where it matters, a reason and message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from autoscaler.model import TimedValue
+
+Select = Literal["max", "min", "disabled"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: Literal["replicas", "percent"]
+    value: int
+    period_seconds: float
+
+    def describe(self, direction: str) -> str:
+        sign = "+" if direction == "up" else "-"
+        unit = "%" if self.kind == "percent" else ""
+        return f"{sign}{self.value}{unit} per {self.period_seconds:g}s"
+
+
+@dataclass(frozen=True)
+class Behavior:
+    stabilization_seconds: float
+    select: Select
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class Limited:
+    replicas: int
+    reason: str
+    message: str
+
+
+def stabilize_recommendation(
+    recommendations: Sequence[TimedValue],
+    desired: int,
+    current: int,
+    now: float,
+    up_window_seconds: float,
+    down_window_seconds: float,
+) -> int:
+    """stabilizeRecommendationWithBehaviors: scale up to the lowest recommendation of the up
+    window, down to the highest of the down window, never past `desired` in either direction.
+
+    `recommendations` are the earlier raw recommendations (not including `desired`).
+    """
+    up_recommendation = desired
+    down_recommendation = desired
+    up_cutoff = now - up_window_seconds
+    down_cutoff = now - down_window_seconds
+    for rec in recommendations:
+        if rec.at_seconds > up_cutoff:
+            up_recommendation = min(up_recommendation, rec.value)
+        if rec.at_seconds > down_cutoff:
+            down_recommendation = max(down_recommendation, rec.value)
+    stabilized = current
+    if stabilized < up_recommendation:
+        stabilized = up_recommendation
+    if stabilized > down_recommendation:
+        stabilized = down_recommendation
+    return stabilized
+
+
+def _changed_in_period(events: Sequence[TimedValue], now: float, period_seconds: float) -> int:
+    cutoff = now - period_seconds
+    return sum(e.value for e in events if e.at_seconds > cutoff)
+
+
+def scale_up_limit(
+    current: int,
+    up_events: Sequence[TimedValue],
+    down_events: Sequence[TimedValue],
+    behavior: Behavior,
+    now: float,
+) -> tuple[int, Rule | None]:
+    """calculateScaleUpLimitWithScalingRules: the most replicas the rules allow right now.
+
+    Each rule measures from the count at the start of its period, so changes already made in
+    the period use up the allowance. Percent rounds up on the way up.
+    """
+    if behavior.select == "disabled" or not behavior.rules:
+        return current, None
+    chosen: tuple[int, Rule] | None = None
+    for rule in behavior.rules:
+        added = _changed_in_period(up_events, now, rule.period_seconds)
+        removed = _changed_in_period(down_events, now, rule.period_seconds)
+        period_start = current - added + removed
+        if rule.kind == "replicas":
+            proposed = period_start + rule.value
+        else:
+            proposed = math.ceil(period_start * (1 + rule.value / 100))
+        if (
+            chosen is None
+            or (behavior.select == "max" and proposed > chosen[0])
+            or (behavior.select == "min" and proposed < chosen[0])
+        ):
+            chosen = (proposed, rule)
+    assert chosen is not None
+    return chosen
+
+
+def scale_down_limit(
+    current: int,
+    up_events: Sequence[TimedValue],
+    down_events: Sequence[TimedValue],
+    behavior: Behavior,
+    now: float,
+) -> tuple[int, Rule | None]:
+    """calculateScaleDownLimitWithBehaviors: the fewest replicas the rules allow right now.
+
+    select "max" means the rule allowing the biggest change (fewest replicas) wins. Percent
+    rounds down on the way down (int truncation in the HPA), i.e. it removes the fewer replicas.
+    """
+    if behavior.select == "disabled" or not behavior.rules:
+        return current, None
+    chosen: tuple[int, Rule] | None = None
+    for rule in behavior.rules:
+        added = _changed_in_period(up_events, now, rule.period_seconds)
+        removed = _changed_in_period(down_events, now, rule.period_seconds)
+        period_start = current - added + removed
+        if rule.kind == "replicas":
+            proposed = period_start - rule.value
+        else:
+            proposed = int(period_start * (1 - rule.value / 100))
+        if (
+            chosen is None
+            or (behavior.select == "max" and proposed < chosen[0])
+            or (behavior.select == "min" and proposed > chosen[0])
+        ):
+            chosen = (proposed, rule)
+    assert chosen is not None
+    return chosen
+
+
+def limit_rate(
+    desired: int,
+    current: int,
+    min_replicas: int,
+    max_replicas: int,
+    up: Behavior,
+    down: Behavior,
+    up_events: Sequence[TimedValue],
+    down_events: Sequence[TimedValue],
+    now: float,
+) -> Limited:
+    """convertDesiredReplicasWithBehaviorRate: apply the rate rules, then the bounds."""
+    if desired > current:
+        limit, rule = scale_up_limit(current, up_events, down_events, up, now)
+        limit = max(limit, current)  # up rules never force a scale-down
+        if limit < max_replicas:
+            if desired > limit:
+                why = "scale-up disabled" if up.select == "disabled" else (
+                    f"capped at {rule.describe('up')}" if rule else "capped"
+                )
+                return Limited(limit, "scale_up_limit", why)
+        elif desired > max_replicas:
+            return Limited(max_replicas, "too_many_replicas", f"capped at max {max_replicas}")
+        return Limited(desired, "", "")
+    if desired < current:
+        limit, rule = scale_down_limit(current, up_events, down_events, down, now)
+        limit = min(limit, current)
+        if limit > min_replicas:
+            if desired < limit:
+                why = "scale-down disabled" if down.select == "disabled" else (
+                    f"capped at {rule.describe('down')}" if rule else "capped"
+                )
+                return Limited(limit, "scale_down_limit", why)
+        elif desired < min_replicas:
+            return Limited(min_replicas, "too_few_replicas", f"raised to min {min_replicas}")
+        return Limited(desired, "", "")
+    return Limited(desired, "", "")
+
+
+def clamp(desired: int, min_replicas: int, max_replicas: int) -> int:
+    return max(min_replicas, min(desired, max_replicas))

@@ -1,0 +1,210 @@
+"""Per-metric proposals: target tracking (the Kubernetes HPA's arithmetic) and step scaling.
+
+Pure: no Docker, no clock, no logging. Each function returns a MetricProposal that says what
+the metric wants and why; evaluate.py combines them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from autoscaler.model import Metric, MetricProposal, ReplicaSample
+
+UNITS: dict[Metric, str] = {
+    Metric.CPU: "%",
+    Metric.MEMORY: "%",
+    Metric.REQUESTS_PER_SECOND: " rps",
+    Metric.RESPONSE_TIME_MS: " ms",
+    Metric.QUEUE: "",
+}
+
+
+def fmt(metric: Metric, value: float) -> str:
+    return f"{value:.4g}{UNITS[metric]}"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Inclusive band around ratio 1.0 inside which the metric asks for no change."""
+
+    up: float = 0.1
+    down: float = 0.1
+
+    def within(self, ratio: float) -> bool:
+        return 1.0 - self.down <= ratio <= 1.0 + self.up
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def target_tracking(
+    metric: Metric,
+    replicas: Sequence[ReplicaSample],
+    target: float,
+    tolerance: Tolerance,
+    current_replicas: int,
+    initialization_seconds: float = 0.0,
+) -> MetricProposal:
+    """The HPA's replica calculation for one metric (replica_calculator.go).
+
+    Utilization is pooled over the replicas that have a reading and are ready. Every replica of a
+    service has the same limit, so the pooled ratio sum(usage)/sum(limit) equals the mean of the
+    per-replica percentages. Missing and not-ready replicas are then reworked the HPA's way.
+    """
+    # Only percentages of a limit have a natural "full" value; the rest fall back to the target.
+    is_resource = metric in (Metric.CPU, Metric.MEMORY)
+    ready_values: dict[str, float] = {}
+    unready: list[str] = []
+    missing: list[str] = []
+    for replica in replicas:
+        value = replica.value(metric)
+        if value is None:
+            missing.append(replica.name)
+            continue
+        # A CPU start-up spike is not load: a young replica counts as not ready for CPU.
+        initializing = metric is Metric.CPU and replica.age_seconds < initialization_seconds
+        if not replica.ready or initializing:
+            unready.append(replica.name)
+            continue
+        ready_values[replica.name] = value
+
+    if not ready_values:
+        return MetricProposal(
+            metric, None, target, None, f"{metric}: no reading from a ready replica"
+        )
+
+    utilization = _mean(ready_values.values())
+    ratio = utilization / target
+    compare = ">" if ratio > 1 else "<" if ratio < 1 else "="
+    head = f"{metric} {fmt(metric, utilization)} {compare} target {fmt(metric, target)}"
+
+    scale_up_with_unready = bool(unready) and ratio > 1.0
+    if not scale_up_with_unready and not missing:
+        if tolerance.within(ratio):
+            return MetricProposal(
+                metric, utilization, target, current_replicas, f"{head}: within tolerance"
+            )
+        proposal = math.ceil(ratio * len(ready_values))
+        return MetricProposal(metric, utilization, target, proposal, head)
+
+    values = dict(ready_values)
+    notes: list[str] = []
+    if missing:
+        if ratio < 1.0:
+            # On a scale-down, treat missing replicas as using 100% of their limit (or the
+            # target, if that is higher), so that we do not shrink on a partial view.
+            fallback = max(100.0, target) if is_resource else target
+            notes.append(f"{len(missing)} missing counted as {fmt(metric, fallback)}")
+        elif ratio > 1.0:
+            # On a scale-up, treat missing replicas as idle, so we do not overshoot.
+            fallback = 0.0
+            notes.append(f"{len(missing)} missing counted as 0")
+        else:
+            fallback = None
+        if fallback is not None:
+            values.update({name: fallback for name in missing})
+    if scale_up_with_unready:
+        # Not-ready replicas will take load soon: count them as idle on a scale-up.
+        values.update({name: 0.0 for name in unready})
+        notes.append(f"{len(unready)} not ready counted as 0")
+
+    new_utilization = _mean(values.values())
+    new_ratio = new_utilization / target
+    detail = f"{head} ({', '.join(notes)}: {fmt(metric, new_utilization)})"
+    if (
+        tolerance.within(new_ratio)
+        or (ratio < 1.0 < new_ratio)
+        or (ratio > 1.0 > new_ratio)
+    ):
+        # The rework flipped the direction or landed in the band: not sure enough to act.
+        return MetricProposal(
+            metric, utilization, target, current_replicas, f"{detail}: hold"
+        )
+    proposal = math.ceil(new_ratio * len(values))
+    if (new_ratio < 1.0 and proposal > current_replicas) or (
+        new_ratio > 1.0 and proposal < current_replicas
+    ):
+        return MetricProposal(
+            metric, utilization, target, current_replicas, f"{detail}: hold"
+        )
+    return MetricProposal(metric, utilization, target, proposal, detail)
+
+
+@dataclass(frozen=True)
+class Step:
+    metric: Metric
+    lower: float | None  # inclusive
+    upper: float | None  # exclusive
+    adjustment: int
+    percent: bool
+
+    def matches(self, value: float) -> bool:
+        return (self.lower is None or value >= self.lower) and (
+            self.upper is None or value < self.upper
+        )
+
+    def describe(self) -> str:
+        bounds = []
+        if self.lower is not None:
+            bounds.append(f">= {self.lower:g}")
+        if self.upper is not None:
+            bounds.append(f"< {self.upper:g}")
+        sign = "+" if self.adjustment >= 0 else ""
+        unit = "%" if self.percent else ""
+        return f"{self.metric} {' and '.join(bounds)} -> {sign}{self.adjustment}{unit}"
+
+
+def apply_adjustment(current_replicas: int, step: Step) -> int:
+    if not step.percent:
+        return current_replicas + step.adjustment
+    change = current_replicas * step.adjustment / 100.0
+    # Round away from zero so that +50% of 1 adds a replica and -50% of 1 removes one.
+    rounded = math.ceil(change) if change > 0 else math.floor(change)
+    return current_replicas + rounded
+
+
+def pooled_value(metric: Metric, replicas: Sequence[ReplicaSample]) -> float | None:
+    values = [
+        v for r in replicas if r.ready and (v := r.value(metric)) is not None
+    ]
+    return _mean(values) if values else None
+
+
+def step_scaling(
+    steps: Sequence[Step],
+    values: dict[Metric, float | None],
+    current_replicas: int,
+) -> list[MetricProposal]:
+    """ECS step / Nomad threshold: the first matching band of each metric adjusts the count.
+
+    A metric with no matching band holds the current count; a metric with no value yields no
+    proposal (it is missing, not zero).
+    """
+    proposals: list[MetricProposal] = []
+    for metric in dict.fromkeys(step.metric for step in steps):
+        value = values.get(metric)
+        if value is None:
+            proposals.append(
+                MetricProposal(metric, None, math.nan, None, f"{metric}: no reading")
+            )
+            continue
+        match = next((s for s in steps if s.metric is metric and s.matches(value)), None)
+        if match is None:
+            proposals.append(
+                MetricProposal(
+                    metric, value, math.nan, current_replicas,
+                    f"{metric} {fmt(metric, value)}: no step matches",
+                )
+            )
+            continue
+        proposals.append(
+            MetricProposal(
+                metric, value, math.nan, apply_adjustment(current_replicas, match),
+                f"{metric} {fmt(metric, value)}: step {match.describe()}",
+            )
+        )
+    return proposals

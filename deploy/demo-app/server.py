@@ -1,0 +1,85 @@
+"""Demo service for the autoscaler: a stdlib HTTP server whose /work burns CPU on request.
+
+GET /healthz          -> {"status": "ok", "hostname": ...}
+GET /work?cpu_ms=N    -> burns about N ms of CPU time, then {"hostname": ..., "cpu_ms": N}
+Every response is JSON with the container's hostname, so clients can see which replica served.
+"""
+
+import json
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+HOSTNAME = socket.gethostname()
+MAX_CPU_MS = 10_000
+
+
+def burn_cpu(cpu_ms: float) -> None:
+    # Measured in process CPU time, not wall time, so a CPU-throttled replica still does
+    # the same amount of work per request and its utilisation rises, as a real service's would.
+    deadline = time.process_time() + cpu_ms / 1000.0
+    x = 0
+    while time.process_time() < deadline:
+        for i in range(2000):
+            x += i * i
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "autoscaler-demo/1"
+
+    def _reply(self, status: int, body: dict) -> None:
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+        url = urlparse(self.path)
+        if url.path == "/healthz":
+            self._reply(200, {"status": "ok", "hostname": HOSTNAME})
+            return
+        if url.path == "/work":
+            try:
+                cpu_ms = float(parse_qs(url.query).get("cpu_ms", ["0"])[0])
+            except ValueError:
+                self._reply(400, {"error": "cpu_ms must be a number", "hostname": HOSTNAME})
+                return
+            cpu_ms = max(0.0, min(cpu_ms, MAX_CPU_MS))
+            burn_cpu(cpu_ms)
+            self._reply(200, {"hostname": HOSTNAME, "cpu_ms": cpu_ms})
+            return
+        if url.path == "/":
+            self._reply(200, {"hostname": HOSTNAME, "endpoints": ["/healthz", "/work?cpu_ms=N"]})
+            return
+        self._reply(404, {"error": "not found", "hostname": HOSTNAME})
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # one line per request would drown the container log
+
+
+def main() -> None:
+    port = int(os.environ.get("PORT", "8000"))
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    server.daemon_threads = True
+
+    def stop(signum: int, frame: object) -> None:
+        # Finish in-flight requests: shutdown() stops accepting and returns after the loop ends.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"demo app {HOSTNAME} listening on :{port}", file=sys.stderr, flush=True)
+    server.serve_forever(poll_interval=0.2)
+    server.server_close()
+
+
+if __name__ == "__main__":
+    main()
