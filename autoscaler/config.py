@@ -329,7 +329,8 @@ class ScheduleWindow(_Model):
     name: str = Field(min_length=1)
     cron: str
     duration_seconds: int = Field(gt=0)
-    min_replicas: Annotated[int, Field(ge=0)] | None = None
+    # Scale-to-zero is not supported: with no replica there is nothing to measure.
+    min_replicas: Annotated[int, Field(ge=1)] | None = None
     max_replicas: Annotated[int, Field(ge=1)] | None = None
     timezone: Annotated[str, AfterValidator(_check_timezone)] = "UTC"
 

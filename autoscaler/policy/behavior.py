@@ -6,7 +6,6 @@ limit_rate, clamp. Each returns the new value and, where it matters, a reason an
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -99,7 +98,9 @@ def scale_up_limit(
         if rule.kind == "replicas":
             proposed = period_start + rule.value
         else:
-            proposed = math.ceil(period_start * (1 + rule.value / 100))
+            # Integer ceil: the HPA's float64 form lets 100 * (1 + 10/100) = 110.00000000000001
+            # round up to 111, one replica more than the rule allows.
+            proposed = -(-period_start * (100 + rule.value) // 100)
         if (
             chosen is None
             or (behavior.select == "max" and proposed > chosen[0])
@@ -132,7 +133,9 @@ def scale_down_limit(
         if rule.kind == "replicas":
             proposed = period_start - rule.value
         else:
-            proposed = int(period_start * (1 - rule.value / 100))
+            # Integer floor: in floats 10 * (1 - 80/100) = 1.9999999999999996 truncates to 1,
+            # removing 90% under an 80% rule.
+            proposed = period_start * (100 - rule.value) // 100
         if (
             chosen is None
             or (behavior.select == "max" and proposed < chosen[0])

@@ -41,6 +41,12 @@ def _mean(values: Iterable[float]) -> float:
     return sum(values) / len(values)
 
 
+def _ceil_replicas(value: float) -> int:
+    # ratio * count carries float noise (124 / 60 * 15 = 31.000000000000004); a count that is
+    # whole on paper must not gain a replica from it.
+    return math.ceil(round(value, 9))
+
+
 def target_tracking(
     metric: Metric,
     replicas: Sequence[ReplicaSample],
@@ -88,7 +94,7 @@ def target_tracking(
             return MetricProposal(
                 metric, utilization, target, current_replicas, f"{head}: within tolerance"
             )
-        proposal = math.ceil(ratio * len(ready_values))
+        proposal = _ceil_replicas(ratio * len(ready_values))
         return MetricProposal(metric, utilization, target, proposal, head)
 
     values = dict(ready_values)
@@ -124,7 +130,7 @@ def target_tracking(
         return MetricProposal(
             metric, utilization, target, current_replicas, f"{detail}: hold"
         )
-    proposal = math.ceil(new_ratio * len(values))
+    proposal = _ceil_replicas(new_ratio * len(values))
     if (new_ratio < 1.0 and proposal > current_replicas) or (
         new_ratio > 1.0 and proposal < current_replicas
     ):
