@@ -32,7 +32,7 @@ debian_security_mirror() {
 make_base_with_debootstrap() {
     if ! command -v debootstrap >/dev/null 2>&1; then
         log "installing debootstrap"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null
+        apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null
     fi
     local root mirror security
     root=$(mktemp -d /tmp/autoscaler-rootfs.XXXXXX)

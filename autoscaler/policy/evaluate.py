@@ -129,7 +129,7 @@ def evaluate(
             ), history
         return decision(
             current, "metrics_unavailable",
-            f"metrics failed {failures} in a row ({cause}): holding {current}",
+            f"metrics failed {failures} cycles in a row ({cause}): holding {current}",
             proposals=tuple(proposals),
         ), history
     history = replace(history, consecutive_failures=0)

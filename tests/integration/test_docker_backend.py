@@ -1,0 +1,159 @@
+"""The Docker backend against the real engine: create, list, adopt, stats, remove — by label."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from testcontainers.core.container import DockerContainer
+
+from autoscaler.docker.backend import (
+    LABEL_MANAGED,
+    LABEL_ROLE,
+    LABEL_SERVICE,
+    BackendError,
+    DockerBackend,
+    ReplicaSpec,
+)
+from autoscaler.docker.stats import cpu_percent, memory_percent
+
+pytestmark = pytest.mark.docker
+
+APP_IMAGE = "autoscaler-demo-app:latest"
+
+
+def spec(service: str, network: str) -> ReplicaSpec:
+    return ReplicaSpec(
+        service=service, image=APP_IMAGE, port=8000, network=network,
+        cpu_limit_cores=0.25, memory_limit_bytes=128 * 1024 * 1024,
+    )
+
+
+class ConcurrencyProbe:
+    """A CallObserver that records how many calls of each operation were in flight at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active: dict[str, int] = {}
+        self.peak: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def call(self, component: str, operation: str) -> Iterator[None]:
+        with self._lock:
+            self._active[operation] = self._active.get(operation, 0) + 1
+            self.peak[operation] = max(self.peak.get(operation, 0), self._active[operation])
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active[operation] -= 1
+
+
+@pytest.fixture
+def probe() -> ConcurrencyProbe:
+    return ConcurrencyProbe()
+
+
+@pytest.fixture
+def backend(docker_client, probe: ConcurrencyProbe):  # type: ignore[no-untyped-def]
+    backend = DockerBackend(docker_client, observer=probe)
+    yield backend
+    backend._stats_pool.shutdown(wait=True)  # the client belongs to the session fixture
+
+
+def test_create_list_adopt_remove(backend: DockerBackend, docker_client, service_name: str) -> None:  # type: ignore[no-untyped-def]
+    network = f"autoscaler-{service_name}"
+    backend.ensure_network(service_name, network)
+    backend.ensure_network(service_name, network)  # idempotent
+    assert len(docker_client.networks.list(names=[network])) == 1
+
+    first = backend.start_replica(spec(service_name, network))
+    second = backend.start_replica(spec(service_name, network))
+    info = docker_client.api.inspect_container(first.id)
+    labels = info["Config"]["Labels"]
+    assert labels[LABEL_MANAGED] == "true"
+    assert labels[LABEL_SERVICE] == service_name
+    assert labels[LABEL_ROLE] == "replica"
+    assert info["HostConfig"]["NanoCpus"] == 250_000_000
+    assert info["HostConfig"]["Memory"] == 128 * 1024 * 1024
+    assert info["HostConfig"]["Init"] is True
+    assert first.ip is not None
+
+    # A second backend (a restarted daemon) finds the same replicas by label.
+    adopted = DockerBackend(docker_client).list_replicas(service_name, network)
+    assert {r.id for r in adopted} == {first.id, second.id}
+    assert all(r.running and r.ip for r in adopted)
+
+    backend.remove_replica(service_name, first.id, stop_timeout_seconds=10)
+    assert [r.id for r in backend.list_replicas(service_name, network)] == [second.id]
+    backend.remove_replica(service_name, first.id, 10)  # already gone: no error
+
+    # With an init as PID 1 the app gets SIGTERM and ends (0, or 143 if it had not yet set its
+    # handler), instead of ignoring it until the engine sends SIGKILL after the timeout (137).
+    docker_client.api.stop(second.id, timeout=10)
+    assert docker_client.api.inspect_container(second.id)["State"]["ExitCode"] in (0, 143)
+
+
+def test_never_touches_a_container_it_does_not_own(backend: DockerBackend, service_name: str) -> None:
+    with DockerContainer(APP_IMAGE).with_command("python3 /app/server.py") as foreign:
+        foreign_id = foreign.get_wrapped_container().id
+        assert backend.list_replicas(service_name, "bridge") == []
+        with pytest.raises(BackendError, match="not ours"):
+            backend.remove_replica(service_name, foreign_id, 1)
+        foreign.get_wrapped_container().reload()
+        assert foreign.get_wrapped_container().status == "running"
+
+
+def test_exited_replica_is_listed_as_not_running(backend: DockerBackend, docker_client, service_name: str) -> None:  # type: ignore[no-untyped-def]
+    network = f"autoscaler-{service_name}"
+    backend.ensure_network(service_name, network)
+    replica = backend.start_replica(spec(service_name, network))
+    docker_client.api.kill(replica.id)
+    [listed] = backend.list_replicas(service_name, network)
+    assert listed.id == replica.id and not listed.running
+
+
+def test_stats_are_read_concurrently_and_give_cpu_and_memory(
+    backend: DockerBackend, probe: ConcurrencyProbe, docker_client, service_name: str  # type: ignore[no-untyped-def]
+) -> None:
+    network = f"autoscaler-{service_name}"
+    backend.ensure_network(service_name, network)
+    replicas = [backend.start_replica(spec(service_name, network)) for _ in range(4)]
+    busy = replicas[0]
+    stop = threading.Event()
+
+    def burn() -> None:
+        # Load one replica from inside its own container: no port needs publishing.
+        while not stop.is_set():
+            docker_client.api.exec_start(
+                docker_client.api.exec_create(busy.id, ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/work?cpu_ms=400').read()"])
+            )
+
+    thread = threading.Thread(target=burn, daemon=True)
+    thread.start()
+    try:
+        ids = [r.id for r in replicas]
+        first = backend.read_stats(service_name, ids)
+        time.sleep(1)
+        second = backend.read_stats(service_name, ids)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert all(first[i] is not None and second[i] is not None for i in ids)
+    # Each one-shot call waits for the engine's stats tick; all four wait side by side.
+    assert probe.peak["container_stats"] == 4
+    busy_cpu = cpu_percent(first[busy.id], second[busy.id], 0.25)
+    idle_cpu = cpu_percent(first[ids[1]], second[ids[1]], 0.25)
+    assert busy_cpu is not None and busy_cpu > 30
+    assert idle_cpu is not None and idle_cpu < 10
+    mem = memory_percent(second[busy.id], 128 * 1024 * 1024)
+    assert mem is not None and 1 < mem < 100
+
+
+def test_missing_image_is_reported(backend: DockerBackend) -> None:
+    assert backend.missing_images([APP_IMAGE, "autoscaler-no-such-image:latest"]) == [
+        "autoscaler-no-such-image:latest"
+    ]

@@ -1,0 +1,189 @@
+"""End to end: the daemon (a real process) scales the demo app behind HAProxy under load.
+
+It must scale out to >= 3 replicas, spread requests over >= 3 of them, come back to 1 when the
+load stops, survive its own stop and restart (adopting, not duplicating), and every request
+sent during the whole run must succeed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from helpers import free_port
+
+pytestmark = pytest.mark.docker
+
+
+class Traffic:
+    """Closed-loop clients through the load balancer, recording every outcome."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.lock = threading.Lock()
+        self.sent = 0
+        self.failures: list[str] = []
+        self.hosts: list[tuple[float, str]] = []
+        self._stops: list[threading.Event] = []
+        self._threads: list[threading.Thread] = []
+
+    def _one(self, cpu_ms: int) -> None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/work?cpu_ms={cpu_ms}", timeout=30) as r:
+                body = json.load(r)
+                ok = r.status == 200
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            with self.lock:
+                self.sent += 1
+                self.failures.append(f"{time.monotonic():.1f}: {exc!r}")
+            return
+        with self.lock:
+            self.sent += 1
+            if ok:
+                self.hosts.append((time.monotonic(), body["hostname"]))
+            else:
+                self.failures.append(f"status {r.status}")
+
+    def start(self, workers: int, cpu_ms: int, pause_seconds: float) -> threading.Event:
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                self._one(cpu_ms)
+                if pause_seconds:
+                    stop.wait(pause_seconds)
+
+        for _ in range(workers):
+            thread = threading.Thread(target=loop, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._stops.append(stop)
+        return stop
+
+    def stop_all(self) -> None:
+        for stop in self._stops:
+            stop.set()
+        for thread in self._threads:
+            thread.join(40)
+
+    def hosts_since(self, since: float) -> set[str]:
+        with self.lock:
+            return {host for at, host in self.hosts if at >= since}
+
+
+def status(metrics_port: int, service: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/status", timeout=5) as r:
+        return json.load(r)["services"][service]
+
+
+def wait_for(predicate, timeout_seconds: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except (urllib.error.URLError, OSError, KeyError):
+            value = None
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout_seconds}s waiting for {what}")
+
+
+def start_daemon(config: Path, log_path: Path) -> subprocess.Popen:
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def stop_daemon(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=60)
+
+
+def test_scales_out_and_back_in_with_no_failed_request(docker_client, service_name: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    lb_port, metrics_port = free_port(), free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(f"""
+[daemon]
+interval_seconds = 1
+metrics_listen = "127.0.0.1:{metrics_port}"
+
+[services.{service_name}]
+image = "autoscaler-demo-app:latest"
+port = 8000
+network = "autoscaler-{service_name}"
+cpu_limit = 0.25
+memory_limit = "128MiB"
+min_replicas = 1
+max_replicas = 4
+stop_timeout_seconds = 5
+
+[services.{service_name}.load_balancer]
+publish = "127.0.0.1:{lb_port}"
+
+[services.{service_name}.policy]
+target_cpu_percent = 50
+initialization_seconds = 0
+scale_down_stabilization_seconds = 8
+drain_timeout_seconds = 10
+""")
+    log_path = tmp_path / "daemon.log"
+    daemon = start_daemon(config, log_path)
+    traffic = Traffic(lb_port)
+    try:
+        wait_for(lambda: status(metrics_port, service_name)["replicas"].get("ready") == 1, 60, "1 ready replica")
+        # A light probe runs for the whole test, through scale-in and daemon restarts.
+        traffic.start(workers=1, cpu_ms=1, pause_seconds=0.1)
+
+        load_started = time.monotonic()
+        heavy = traffic.start(workers=4, cpu_ms=20, pause_seconds=0)
+        wait_for(lambda: status(metrics_port, service_name)["replicas"].get("ready", 0) >= 3, 90, ">= 3 ready replicas")
+        scaled_out_seconds = time.monotonic() - load_started
+        spread_from = time.monotonic()
+        wait_for(lambda: len(traffic.hosts_since(spread_from)) >= 3, 30, "requests reaching 3 distinct replicas")
+        heavy.set()
+
+        load_stopped = time.monotonic()
+        wait_for(
+            lambda: status(metrics_port, service_name)["replicas"] == {"ready": 1},
+            120, "back to 1 replica",
+        )
+        scaled_in_seconds = time.monotonic() - load_stopped
+
+        # Stopping the daemon is not an outage, and a restart adopts instead of duplicating.
+        assert stop_daemon(daemon) == 0
+        before = {c.id for c in docker_client.containers.list(filters={"label": f"autoscaler.service={service_name}"})}
+        time.sleep(1.5)
+        daemon = start_daemon(config, log_path)
+        wait_for(lambda: status(metrics_port, service_name)["last_decision"], 30, "a decision after restart")
+        time.sleep(3)
+        after = {c.id for c in docker_client.containers.list(filters={"label": f"autoscaler.service={service_name}"})}
+        assert after == before, "the restarted daemon adopted the same load balancer and replica"
+        assert stop_daemon(daemon) == 0
+    finally:
+        traffic.stop_all()
+        if daemon.poll() is None:
+            daemon.kill()
+            daemon.wait()
+    log_text = log_path.read_text()
+    print(
+        f"\ne2e: load start -> 3 ready in {scaled_out_seconds:.1f}s; load stop -> 1 in {scaled_in_seconds:.1f}s; "
+        f"{traffic.sent} requests, {len(traffic.failures)} failed"
+    )
+    assert traffic.failures == [], f"failed requests: {traffic.failures[:10]}\n{log_text[-3000:]}"
+    assert "Traceback" not in log_text, log_text[-3000:]
+    assert "reason=scale_up" in log_text or "reason=too_many_replicas" in log_text
+    assert "reason=scale_down" in log_text
