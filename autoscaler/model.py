@@ -7,6 +7,7 @@ caller chooses (monotonic in the daemon, trace time in the simulator).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -38,12 +39,16 @@ class ReplicaSample:
     response_time_ms: float | None = None
 
     def value(self, metric: Metric) -> float | None:
-        return {
-            Metric.CPU: self.cpu_percent,
-            Metric.MEMORY: self.memory_percent,
-            Metric.REQUESTS_PER_SECOND: self.requests_per_second,
-            Metric.RESPONSE_TIME_MS: self.response_time_ms,
-        }.get(metric)
+        attribute = _SAMPLE_ATTRIBUTES.get(metric)
+        return getattr(self, attribute) if attribute else None
+
+
+_SAMPLE_ATTRIBUTES = {
+    Metric.CPU: "cpu_percent",
+    Metric.MEMORY: "memory_percent",
+    Metric.REQUESTS_PER_SECOND: "requests_per_second",
+    Metric.RESPONSE_TIME_MS: "response_time_ms",
+}
 
 
 @dataclass(frozen=True)
@@ -119,13 +124,25 @@ class History:
     consecutive_failures: int = 0
 
     def pruned(self, now: float, keep_seconds: float) -> History:
+        """Drops entries older than keep_seconds. Entries are in time order, so only a prefix
+        can be stale; in the common case nothing is copied."""
         cutoff = now - keep_seconds
-        return History(
-            recommendations=tuple(r for r in self.recommendations if r.at_seconds > cutoff),
-            scale_up_events=tuple(e for e in self.scale_up_events if e.at_seconds > cutoff),
-            scale_down_events=tuple(e for e in self.scale_down_events if e.at_seconds > cutoff),
-            consecutive_failures=self.consecutive_failures,
-        )
+
+        def fresh(entries: tuple[TimedValue, ...]) -> tuple[TimedValue, ...]:
+            if not entries or entries[0].at_seconds > cutoff:
+                return entries
+            return entries[bisect_right(entries, cutoff, key=lambda e: e.at_seconds):]
+
+        recommendations = fresh(self.recommendations)
+        up = fresh(self.scale_up_events)
+        down = fresh(self.scale_down_events)
+        if (
+            recommendations is self.recommendations
+            and up is self.scale_up_events
+            and down is self.scale_down_events
+        ):
+            return self
+        return History(recommendations, up, down, self.consecutive_failures)
 
 
 @dataclass(frozen=True)

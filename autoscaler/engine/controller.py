@@ -29,7 +29,7 @@ from autoscaler.docker.stats import StatsReading, cpu_percent, memory_percent
 from autoscaler.lb.haproxy import BackendStat, HAProxyError, ServerStat
 from autoscaler.model import Bounds, Decision, History, ReplicaSample, ServiceSnapshot
 from autoscaler.policy.evaluate import evaluate, record_scale
-from autoscaler.policy.schedule import bounds_at
+from autoscaler.policy.schedule import ScheduledBounds
 from autoscaler.telemetry import Telemetry
 
 log = logging.getLogger("autoscaler.engine")
@@ -109,6 +109,7 @@ class ServiceController:
     ) -> None:
         self.name = name
         self.config = config
+        self._schedule = ScheduledBounds(config)
         self.network = network
         self.dry_run = dry_run
         self._backend = backend
@@ -122,6 +123,9 @@ class ServiceController:
         self._spec: int | None = None  # the count last decided; lost replicas are replaced up to it
         self._previous_stats: dict[str, StatsReading] = {}
         self._previous_requests: dict[str, tuple[float, int]] = {}
+        # When this controller (re)registered each replica, on `clock`: the startup timeout
+        # runs from there, not from container creation (see _startup_expired).
+        self._registered_at: dict[str, float] = {}
         self._pool = ThreadPoolExecutor(8, thread_name_prefix=f"scale-{name}")
         self.last_decision: Decision | None = None
         self.last_decision_at: float | None = None  # wall clock
@@ -160,6 +164,7 @@ class ServiceController:
     def update_config(self, config: ServiceConfig) -> None:
         """Hot reload: new limits and policy apply from the next cycle; history is kept."""
         self.config = config
+        self._schedule = ScheduledBounds(config)
 
     def setup(self) -> None:
         """Creates what is missing (network, load balancer) and adopts what exists."""
@@ -234,8 +239,8 @@ class ServiceController:
             elif (
                 server.maintenance
                 and not server.check_passed
-                and self._wall_clock() - replica.created_at_seconds > self.config.startup_timeout_seconds
                 and not self.dry_run
+                and self._startup_expired(replica)
             ):
                 log.warning(
                     "replica %s failed its health check for %.0fs (%s): removing it",
@@ -250,15 +255,32 @@ class ServiceController:
                 log.info("replica %s passed its health check: now serving", replica.name,
                          extra=self._extra(replica=replica.name))
             views.append(ReplicaView(replica, replica_state(server), server))
+        self._registered_at = {n: t for n, t in self._registered_at.items() if n in running}
         observation = Observation(tuple(views), backend_stat)
         self.last_observation = observation
         return observation
+
+    def _startup_expired(self, replica: Replica) -> bool:
+        """Whether a replica still failing its check has had startup_timeout_seconds to pass it.
+
+        Counted from creation and from registration: after an HAProxy restart, or on adoption by
+        a fresh load balancer, old replicas are re-registered and must get a fresh chance rather
+        than be removed all at once. A server registered by an earlier run of the daemon counts
+        from when this controller first saw it.
+        """
+        timeout = self.config.startup_timeout_seconds
+        registered_at = self._registered_at.setdefault(replica.name, self._clock())
+        return (
+            self._wall_clock() - replica.created_at_seconds > timeout
+            and self._clock() - registered_at > timeout
+        )
 
     def _register(self, replica: Replica) -> None:
         """Adds a replica in maintenance with health checks on; it serves once they pass."""
         assert self._lb is not None and replica.ip is not None
         self._lb.add_server(replica.name, replica.ip, self.config.port)
         self._lb.enable_health(replica.name)
+        self._registered_at[replica.name] = self._clock()
         log.info("registered replica %s (%s) in the load balancer; waiting for health",
                  replica.name, replica.ip, extra=self._extra(replica=replica.name))
 
@@ -305,7 +327,9 @@ class ServiceController:
         self._previous_stats = previous_stats
         self._previous_requests = previous_requests
         metrics_error = None
-        if active and not readings:
+        # The backend answers None per replica it could not read, so "failed as a whole" means
+        # no reading at all, not an empty answer.
+        if active and all(readings.get(v.replica.id) is None for v in active):
             metrics_error = "no stats from the Docker engine"
         queue = float(observation.backend.queue_current) if observation.backend else None
         return ServiceSnapshot(self.name, tuple(samples), queue, metrics_error)
@@ -313,7 +337,7 @@ class ServiceController:
     # --- the cycle ------------------------------------------------------------------------
 
     def bounds(self) -> Bounds:
-        return bounds_at(self.config, datetime.fromtimestamp(self._wall_clock(), timezone.utc))
+        return self._schedule.at(datetime.fromtimestamp(self._wall_clock(), timezone.utc))
 
     def run_cycle(self) -> Decision:
         start = self._clock()

@@ -6,8 +6,10 @@ limit_rate, clamp. Each returns the new value and, where it matters, a reason an
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Literal
 
 from autoscaler.model import TimedValue
@@ -41,6 +43,10 @@ class Limited:
     message: str
 
 
+_at_seconds = attrgetter("at_seconds")
+_value = attrgetter("value")
+
+
 def stabilize_recommendation(
     recommendations: Sequence[TimedValue],
     desired: int,
@@ -52,17 +58,15 @@ def stabilize_recommendation(
     """stabilizeRecommendationWithBehaviors: scale up to the lowest recommendation of the up
     window, down to the highest of the down window, never past `desired` in either direction.
 
-    `recommendations` are the earlier raw recommendations (not including `desired`).
+    `recommendations` are the earlier raw recommendations (not including `desired`), oldest
+    first.
     """
-    up_recommendation = desired
-    down_recommendation = desired
-    up_cutoff = now - up_window_seconds
-    down_cutoff = now - down_window_seconds
-    for rec in recommendations:
-        if rec.at_seconds > up_cutoff:
-            up_recommendation = min(up_recommendation, rec.value)
-        if rec.at_seconds > down_cutoff:
-            down_recommendation = max(down_recommendation, rec.value)
+    # Recommendations are in time order, so each window is a suffix: find it by bisection and
+    # take min/max at C speed (this runs once per cycle of every simulated step).
+    up_start = bisect_right(recommendations, now - up_window_seconds, key=_at_seconds)
+    down_start = bisect_right(recommendations, now - down_window_seconds, key=_at_seconds)
+    up_recommendation = min(desired, min(map(_value, recommendations[up_start:]), default=desired))
+    down_recommendation = max(desired, max(map(_value, recommendations[down_start:]), default=desired))
     stabilized = current
     if stabilized < up_recommendation:
         stabilized = up_recommendation

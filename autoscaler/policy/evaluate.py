@@ -6,7 +6,7 @@ clock and touches nothing: `now` is seconds on the caller's clock.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from autoscaler.config import PolicyConfig, ScalingBehavior
 from autoscaler.model import (
@@ -55,9 +55,52 @@ def steps_of(policy: PolicyConfig) -> list[Step]:
     ]
 
 
+@dataclass(frozen=True)
+class PolicyPlan:
+    """A PolicyConfig turned into the plain values evaluate() needs, built once per config."""
+
+    config: PolicyConfig
+    up: Behavior
+    down: Behavior
+    targets: tuple[tuple[Metric, float], ...]
+    steps: tuple[Step, ...]
+    tolerance: Tolerance
+    history_span_seconds: float
+
+
+def plan_of(policy: PolicyConfig) -> PolicyPlan:
+    up = behavior_of(policy.effective_scale_up())
+    down = behavior_of(policy.effective_scale_down())
+    return PolicyPlan(
+        config=policy,
+        up=up,
+        down=down,
+        targets=tuple(targets_of(policy)),
+        steps=tuple(steps_of(policy)),
+        tolerance=Tolerance(policy.effective_tolerance_up, policy.effective_tolerance_down),
+        history_span_seconds=history_span_seconds(up, down),
+    )
+
+
+# The daemon and the simulator evaluate one config many times: build its plan once. Keyed by
+# id() with the config kept alive in the value, so an id is never reused while cached.
+_PLANS: dict[int, PolicyPlan] = {}
+
+
+def _cached_plan(policy: PolicyConfig) -> PolicyPlan:
+    plan = _PLANS.get(id(policy))
+    if plan is None or plan.config is not policy:
+        if len(_PLANS) > 256:
+            _PLANS.clear()
+        plan = _PLANS[id(policy)] = plan_of(policy)
+    return plan
+
+
 def proposals_for(
-    snapshot: ServiceSnapshot, policy: PolicyConfig, current: int
+    snapshot: ServiceSnapshot, policy: PolicyConfig | PolicyPlan, current: int
 ) -> list[MetricProposal]:
+    plan = policy if isinstance(policy, PolicyPlan) else _cached_plan(policy)
+    policy = plan.config
     if policy.strategy == "step":
         values = {
             metric: (
@@ -67,13 +110,12 @@ def proposals_for(
             )
             for metric in Metric
         }
-        return step_scaling(steps_of(policy), values, current)
-    tolerance = Tolerance(policy.effective_tolerance_up, policy.effective_tolerance_down)
+        return step_scaling(plan.steps, values, current)
     return [
         target_tracking(
-            metric, snapshot.replicas, target, tolerance, current, policy.initialization_seconds
+            metric, snapshot.replicas, target, plan.tolerance, current, policy.initialization_seconds
         )
-        for metric, target in targets_of(policy)
+        for metric, target in plan.targets
     ]
 
 
@@ -84,15 +126,16 @@ def history_span_seconds(up: Behavior, down: Behavior) -> float:
 
 def evaluate(
     snapshot: ServiceSnapshot,
-    policy: PolicyConfig,
+    policy: PolicyConfig | PolicyPlan,
     bounds: Bounds,
     history: History,
     now: float,
 ) -> tuple[Decision, History]:
+    plan = policy if isinstance(policy, PolicyPlan) else _cached_plan(policy)
+    policy = plan.config
     current = snapshot.current_replicas
-    up = behavior_of(policy.effective_scale_up())
-    down = behavior_of(policy.effective_scale_down())
-    history = history.pruned(now, history_span_seconds(up, down))
+    up, down = plan.up, plan.down
+    history = history.pruned(now, plan.history_span_seconds)
     bounded = bounds.source != "config"
     bounds_note = f" ({bounds.source})" if bounded else ""
 
@@ -112,13 +155,13 @@ def evaluate(
             f"{current} replicas < min {bounds.min_replicas}{bounds_note} -> {current} -> {bounds.min_replicas}",
         ), history
 
-    proposals = [] if snapshot.metrics_error else proposals_for(snapshot, policy, current)
+    proposals = [] if snapshot.metrics_error else proposals_for(snapshot, plan, current)
     valid = [p for p in proposals if p.proposal is not None]
     invalid = [p for p in proposals if p.proposal is None]
 
     if not valid:
         failures = history.consecutive_failures + 1
-        history = replace(history, consecutive_failures=failures)
+        history = History(history.recommendations, history.scale_up_events, history.scale_down_events, failures)
         cause = snapshot.metrics_error or "; ".join(p.message for p in invalid) or "no metrics"
         if policy.fallback_replicas is not None and failures >= policy.failure_threshold:
             target = clamp(policy.fallback_replicas, bounds.min_replicas, bounds.max_replicas)
@@ -132,7 +175,7 @@ def evaluate(
             f"metrics failed {failures} cycles in a row ({cause}): holding {current}",
             proposals=tuple(proposals),
         ), history
-    history = replace(history, consecutive_failures=0)
+    history = History(history.recommendations, history.scale_up_events, history.scale_down_events, 0)
 
     winner = max(valid, key=lambda p: p.proposal or 0)
     recommendation = winner.proposal or 0
@@ -148,9 +191,11 @@ def evaluate(
         history.recommendations, recommendation, current, now,
         up.stabilization_seconds, down.stabilization_seconds,
     )
-    history = replace(
-        history,
-        recommendations=history.recommendations + (TimedValue(now, recommendation),),
+    history = History(
+        history.recommendations + (TimedValue(now, recommendation),),
+        history.scale_up_events,
+        history.scale_down_events,
+        0,
     )
     limited = limit_rate(
         stabilized, current, bounds.min_replicas, bounds.max_replicas, up, down,

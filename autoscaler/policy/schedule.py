@@ -3,33 +3,80 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import lru_cache
+from zoneinfo import ZoneInfo
 
-from autoscaler.config import ServiceConfig
+from apscheduler.triggers.cron import CronTrigger
+
+from autoscaler.config import ScheduleWindow, ServiceConfig
 from autoscaler.model import Bounds
 
+# Cron triggers fire on whole seconds; "strictly after now" is "at or after now + 1 s".
+_RESOLUTION = timedelta(seconds=1)
 
-def window_active(window_trigger: object, duration_seconds: int, now: datetime) -> bool:
-    """True when the trigger fired within (now - duration, now].
 
-    The first firing at or after now - duration, if it is not later than now, opened a window
-    that is still open.
-    """
-    start = now - timedelta(seconds=duration_seconds)
-    fire = window_trigger.get_next_fire_time(None, start)  # type: ignore[attr-defined]
-    return fire is not None and fire <= now and fire > start
+@lru_cache(maxsize=256)
+def _trigger(cron: str, timezone: str) -> CronTrigger:
+    # Parsing a crontab costs far more than evaluating it; windows are few and never change.
+    return CronTrigger.from_crontab(cron, timezone=ZoneInfo(timezone))
+
+
+def _last_open(window: ScheduleWindow, now: datetime) -> datetime | None:
+    """The firing that opened the window still open at `now`, if any: the first firing in
+    (now - duration, now]."""
+    start = now - timedelta(seconds=window.duration_seconds)
+    fire = _trigger(window.cron, window.timezone).get_next_fire_time(None, start)
+    if fire is not None and start < fire <= now:
+        return fire
+    return None
+
+
+def window_active(window: ScheduleWindow, now: datetime) -> bool:
+    return _last_open(window, now) is not None
 
 
 def bounds_at(config: ServiceConfig, now: datetime) -> Bounds:
     """The bounds in force at `now` (timezone-aware). Windows listed later win where they overlap."""
-    low, high, source = config.min_replicas, config.max_replicas, "config"
-    active = [w for w in config.schedule if window_active(w.trigger(), w.duration_seconds, now)]
+    low, high = config.min_replicas, config.max_replicas
+    active = [w for w in config.schedule if window_active(w, now)]
     for window in active:
         if window.min_replicas is not None:
             low = window.min_replicas
         if window.max_replicas is not None:
             high = window.max_replicas
-    if active:
-        source = "schedule " + ", ".join(w.name for w in active)
-    # Overlapping windows can cross each other's bounds; the minimum is the safer one to keep.
-    high = max(high, low)
-    return Bounds(low, high, source)
+    if not active:
+        return Bounds(low, high)
+    # Overlapping windows can cross each other's bounds; keep the floor, it is the safer one.
+    return Bounds(low, max(high, low), "schedule " + ", ".join(w.name for w in active))
+
+
+def next_change(config: ServiceConfig, now: datetime) -> datetime | None:
+    """When the set of open windows can next change: a window closes or one opens."""
+    candidates = []
+    for window in config.schedule:
+        opened = _last_open(window, now)
+        if opened is not None:
+            candidates.append(opened + timedelta(seconds=window.duration_seconds))
+        fire = _trigger(window.cron, window.timezone).get_next_fire_time(None, now + _RESOLUTION)
+        if fire is not None:
+            candidates.append(fire)
+    return min(candidates, default=None)
+
+
+class ScheduledBounds:
+    """bounds_at with a memory of how long its answer holds, for callers that ask every step."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self._cached: tuple[datetime, datetime | None, Bounds] | None = None
+
+    def at(self, now: datetime) -> Bounds:
+        if not self.config.schedule:
+            return Bounds(self.config.min_replicas, self.config.max_replicas)
+        if self._cached is not None:
+            since, until, bounds = self._cached
+            if since <= now and (until is None or now < until):
+                return bounds
+        bounds = bounds_at(self.config, now)
+        self._cached = (now, next_change(self.config, now), bounds)
+        return bounds

@@ -125,7 +125,9 @@ def test_stabilize_recommendation(
     down_window: float,
     expected: int,
 ) -> None:
-    recommendations = [ago(seconds, value) for seconds, value in history]
+    # The HPA keeps a ring buffer that it reuses in any order; our History only ever appends,
+    # so it is oldest first (stabilize_recommendation relies on that). Same set, in time order.
+    recommendations = sorted((ago(seconds, value) for seconds, value in history), key=lambda r: r.at_seconds)
     assert stabilize_recommendation(recommendations, desired, current, NOW, up_window, down_window) == expected
 
 

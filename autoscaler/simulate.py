@@ -1,0 +1,266 @@
+"""Replays a demand trace through the daemon's own policy code, offline.
+
+The model: demand is spread evenly over the ready replicas; a new replica becomes ready
+`startup_seconds` after the decision that created it; utilization = demand / (ready replicas ×
+cpu_limit). A removed replica is gone at once (draining is not modelled). Each step is one daemon
+cycle of `interval_seconds`; the demand of a step is the mean of the trace samples inside it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from itertools import accumulate
+from pathlib import Path
+
+from autoscaler.config import ServiceConfig
+from autoscaler.model import History, ReplicaSample, ServiceSnapshot
+from autoscaler.policy.evaluate import evaluate, plan_of, record_scale
+from autoscaler.policy.schedule import ScheduledBounds
+
+REQUIRED_COLUMNS = ("time_seconds", "cpu_cores")
+OPTIONAL_COLUMNS = ("memory_bytes", "requests_per_second")
+# A Monday, so that weekday schedules line up with a trace that starts at time 0.
+DEFAULT_START = datetime(2026, 1, 5, tzinfo=timezone.utc)
+
+
+class TraceError(ValueError):
+    """A trace file we cannot use; the message names the file, line and column."""
+
+
+@dataclass
+class Trace:
+    times: list[float]
+    cpu_cores: list[float]
+    memory_bytes: list[float] | None = None
+    requests_per_second: list[float] | None = None
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+
+def read_trace(path: str | os.PathLike[str]) -> Trace:
+    try:
+        handle = open(path, newline="", encoding="utf-8")
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with handle:
+        reader = csv.reader(handle)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise TraceError(f"{path}: empty file (expected a header with {', '.join(REQUIRED_COLUMNS)})") from None
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise TraceError(f"{path}: line 1: not CSV ({exc})") from None
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
+        if missing:
+            raise TraceError(
+                f"{path}: line 1: missing column(s) {', '.join(missing)} "
+                f"(have {', '.join(header) or 'none'}; need {', '.join(REQUIRED_COLUMNS)})"
+            )
+        unknown = [c for c in header if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+        if unknown:
+            raise TraceError(
+                f"{path}: line 1: unknown column(s) {', '.join(unknown)} "
+                f"(known: {', '.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)})"
+            )
+        index = {name: header.index(name) for name in header}
+        columns: dict[str, list[float]] = {name: [] for name in header}
+        previous_time = -math.inf
+        line = 1
+        try:
+            for line, row in enumerate(reader, start=2):
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise TraceError(f"{path}: line {line}: {len(row)} fields, header has {len(header)}")
+                for name, position in index.items():
+                    text = row[position]
+                    try:
+                        value = float(text)
+                    except ValueError:
+                        raise TraceError(f"{path}: line {line}: {name}: {text!r} is not a number") from None
+                    if not math.isfinite(value) or value < 0:
+                        raise TraceError(f"{path}: line {line}: {name}: {text!r} must be a finite number >= 0")
+                    columns[name].append(value)
+                time_value = columns["time_seconds"][-1]
+                if time_value <= previous_time:
+                    raise TraceError(f"{path}: line {line}: time_seconds must increase ({time_value:g} after {previous_time:g})")
+                previous_time = time_value
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise TraceError(f"{path}: line {line}: not CSV ({exc})") from None
+    if not columns["time_seconds"]:
+        raise TraceError(f"{path}: no samples after the header")
+    return Trace(
+        times=columns["time_seconds"],
+        cpu_cores=columns["cpu_cores"],
+        memory_bytes=columns.get("memory_bytes"),
+        requests_per_second=columns.get("requests_per_second"),
+    )
+
+
+class _WindowMean:
+    """Mean of the samples in (start, end], from prefix sums: O(log n) per step."""
+
+    def __init__(self, times: list[float], values: list[float]) -> None:
+        self.times = times
+        self.values = values
+        self.prefix = [0.0, *accumulate(values)]
+
+    def __call__(self, start: float, end: float) -> float:
+        lo = bisect_right(self.times, start)
+        hi = bisect_right(self.times, end)
+        if hi > lo:
+            return (self.prefix[hi] - self.prefix[lo]) / (hi - lo)
+        # No sample in this step: the last one before it still holds.
+        return self.values[hi - 1] if hi > 0 else self.values[0]
+
+
+@dataclass
+class Summary:
+    steps: int = 0
+    simulated_seconds: float = 0.0
+    replica_seconds: float = 0.0
+    seconds_above_target: float = 0.0
+    peak_utilization_percent: float = 0.0
+    scale_ups: int = 0
+    scale_downs: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def scale_events(self) -> int:
+        return self.scale_ups + self.scale_downs
+
+
+TIMELINE_HEADER = (
+    "time_seconds", "demand_cpu_cores", "ready_replicas", "desired_replicas",
+    "cpu_utilization_percent", "reason",
+)
+
+
+@dataclass
+class Result:
+    rows: list[tuple[float, float, int, int, float, str]]
+    summary: Summary
+
+
+@dataclass
+class _Replica:
+    name: str
+    created_at: float
+    ready_at: float
+
+
+def simulate(
+    trace: Trace,
+    service_name: str,
+    service: ServiceConfig,
+    interval_seconds: float,
+    startup_seconds: float = 0.0,
+    start: datetime = DEFAULT_START,
+) -> Result:
+    plan = plan_of(service.policy)
+    target = service.policy.target_cpu_percent
+    cpu_limit = service.cpu_limit
+    memory_limit = service.memory_limit
+    cpu_mean = _WindowMean(trace.times, trace.cpu_cores)
+    memory_mean = _WindowMean(trace.times, trace.memory_bytes) if trace.memory_bytes else None
+    rps_mean = _WindowMean(trace.times, trace.requests_per_second) if trace.requests_per_second else None
+    schedule = ScheduledBounds(service)
+
+    counter = 0
+    replicas: list[_Replica] = []
+    for _ in range(service.min_replicas):
+        counter += 1
+        replicas.append(_Replica(f"r{counter}", -math.inf, -math.inf))  # running before the trace
+    history = History()
+    summary = Summary()
+    rows: list[tuple[float, float, int, int, float, str]] = []
+    first, last = trace.times[0], trace.times[-1]
+    steps = max(1, math.floor((last - first) / interval_seconds) + 1)
+
+    for step in range(steps):
+        now = first + step * interval_seconds
+        demand = cpu_mean(now - interval_seconds, now)
+        ready = [r for r in replicas if r.ready_at <= now]
+        n_ready = len(ready)
+        if n_ready:
+            cpu = demand / (n_ready * cpu_limit) * 100.0
+            mem = memory_mean(now - interval_seconds, now) / (n_ready * memory_limit) * 100.0 if memory_mean else None
+            rps = rps_mean(now - interval_seconds, now) / n_ready if rps_mean else None
+        else:
+            cpu = math.nan
+            mem = rps = None
+        samples = tuple(
+            ReplicaSample(r.name, True, now - r.created_at, cpu, mem, rps)
+            if r.ready_at <= now
+            else ReplicaSample(r.name, False, now - r.created_at)
+            for r in replicas
+        )
+        bounds = schedule.at(start + timedelta(seconds=now))
+        decision, history = evaluate(
+            ServiceSnapshot(service_name, samples), plan, bounds, history, now
+        )
+        current, desired = decision.current, decision.desired
+        if desired > current:
+            for _ in range(desired - current):
+                counter += 1
+                replicas.append(_Replica(f"r{counter}", now, now + startup_seconds))
+            summary.scale_ups += 1
+        elif desired < current:
+            # Newest first: replicas still starting go before ones that serve.
+            del replicas[desired:]
+            summary.scale_downs += 1
+        if desired != current:
+            history = record_scale(history, now, current, desired)
+
+        summary.replica_seconds += len(replicas) * interval_seconds
+        if n_ready:
+            if cpu > target:
+                summary.seconds_above_target += interval_seconds
+            summary.peak_utilization_percent = max(summary.peak_utilization_percent, cpu)
+        summary.reasons[decision.reason] = summary.reasons.get(decision.reason, 0) + 1
+        rows.append((now, demand, n_ready, desired, cpu, decision.reason))
+
+    summary.steps = steps
+    summary.simulated_seconds = steps * interval_seconds
+    return Result(rows, summary)
+
+
+def write_timeline(result: Result, path: str | os.PathLike[str]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(TIMELINE_HEADER)
+        for time_s, demand, ready, desired, cpu, reason in result.rows:
+            writer.writerow((f"{time_s:g}", f"{demand:.6g}", ready, desired, "" if math.isnan(cpu) else f"{cpu:.4g}", reason))
+
+
+def plot(result: Result, service: ServiceConfig, path: str | os.PathLike[str], title: str) -> None:
+    """Demand, capacity (ready × cpu_limit) and replicas over time, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render straight to a file
+    import matplotlib.pyplot as plt
+
+    hours = [r[0] / 3600 for r in result.rows]
+    demand = [r[1] for r in result.rows]
+    capacity = [r[2] * service.cpu_limit for r in result.rows]
+    target_capacity = [c * service.policy.target_cpu_percent / 100 for c in capacity]
+    replicas = [r[2] for r in result.rows]
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(12, 6), height_ratios=(2, 1))
+    top.plot(hours, demand, label="demand (cores)", color="tab:red", linewidth=0.8)
+    top.plot(hours, capacity, label="capacity (ready × cpu_limit)", color="tab:blue", linewidth=0.8)
+    top.plot(hours, target_capacity, label="capacity at target", color="tab:blue", linestyle=":", linewidth=0.8)
+    top.set_ylabel("CPU cores")
+    top.legend(loc="upper right")
+    top.set_title(title)
+    bottom.step(hours, replicas, where="post", color="tab:green", linewidth=0.8)
+    bottom.set_ylabel("ready replicas")
+    bottom.set_xlabel("hours")
+    fig.tight_layout()
+    fig.savefig(Path(path), dpi=100)
+    plt.close(fig)

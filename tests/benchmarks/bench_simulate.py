@@ -1,0 +1,74 @@
+"""Benchmark: a week of one-second samples (604,800 rows) through `simulate`.
+
+Prints the time to read the trace, to simulate it at the example config's interval and at a
+1 s interval, and the ratios against a baseline measured in the same run: a bare Python loop
+over the same steps that only computes the step's demand (the cost of the model without policy).
+
+    .venv/bin/python tests/benchmarks/bench_simulate.py
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from autoscaler.config import load_config
+from autoscaler.simulate import _WindowMean, read_trace, simulate
+
+ROWS = 604_800
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_week(path: Path) -> None:
+    rng = random.Random(7)
+    with path.open("w") as f:
+        f.write("time_seconds,cpu_cores,memory_bytes,requests_per_second\n")
+        for t in range(ROWS):
+            day = 0.5 - 0.5 * math.cos(2 * math.pi * (t % 86400) / 86400)
+            cores = max(0.0, 0.3 + 2.5 * day + rng.gauss(0, 0.1))
+            f.write(f"{t},{cores:.4f},{int(150e6 + 300e6 * day)},{cores * 40:.2f}\n")
+
+
+def timed(fn):  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def main() -> int:
+    settings = load_config(REPO / "config.example.toml")
+    service = settings.services["web"]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "week.csv"
+        write_week(path)
+        read_s, trace = timed(lambda: read_trace(path))
+
+    def baseline(interval: float) -> float:
+        mean = _WindowMean(trace.times, trace.cpu_cores)
+        total = 0.0
+        steps = math.floor((trace.times[-1] - trace.times[0]) / interval) + 1
+        for step in range(steps):
+            now = trace.times[0] + step * interval
+            total += mean(now - interval, now)
+        return total
+
+    print(f"trace: {len(trace):,} rows, read in {read_s:.2f} s")
+    for interval in (settings.daemon.interval_seconds, 1.0):
+        base_s, _ = timed(lambda: baseline(interval))
+        sim_s, result = timed(lambda: simulate(trace, "web", service, interval, startup_seconds=30))
+        s = result.summary
+        print(
+            f"interval {interval:g} s: {s.steps:,} steps simulated in {sim_s:.2f} s "
+            f"({sim_s / s.steps * 1e6:.1f} us/step); read + simulate {read_s + sim_s:.2f} s; "
+            f"baseline loop {base_s:.2f} s; ratio simulate/baseline {sim_s / base_s:.1f}x; "
+            f"scale events {s.scale_events}, replica-seconds {s.replica_seconds:,.0f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
