@@ -1,7 +1,8 @@
 """Frozen value types shared by the policy, the control loop and the tools.
 
 Nothing here does I/O: a snapshot is what the loop observed, a decision is what the policy
-concluded, history is what the policy remembers. All times are seconds on one clock that the
+concluded, history is what the policy remembers. The types built every cycle (and every step of
+`simulate`) are NamedTuples: immutable like frozen dataclasses, several times cheaper to create. All times are seconds on one clock that the
 caller chooses (monotonic in the daemon, trace time in the simulator).
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class Metric(StrEnum):
@@ -26,8 +28,7 @@ class Direction(StrEnum):
     NONE = "none"
 
 
-@dataclass(frozen=True)
-class ReplicaSample:
+class ReplicaSample(NamedTuple):
     """One replica as the policy sees it. None = no reading ("missing"), never 0."""
 
     name: str
@@ -39,11 +40,11 @@ class ReplicaSample:
     response_time_ms: float | None = None
 
     def value(self, metric: Metric) -> float | None:
-        attribute = _SAMPLE_ATTRIBUTES.get(metric)
+        attribute = SAMPLE_ATTRIBUTES.get(metric)
         return getattr(self, attribute) if attribute else None
 
 
-_SAMPLE_ATTRIBUTES = {
+SAMPLE_ATTRIBUTES = {
     Metric.CPU: "cpu_percent",
     Metric.MEMORY: "memory_percent",
     Metric.REQUESTS_PER_SECOND: "requests_per_second",
@@ -51,8 +52,7 @@ _SAMPLE_ATTRIBUTES = {
 }
 
 
-@dataclass(frozen=True)
-class ServiceSnapshot:
+class ServiceSnapshot(NamedTuple):
     """Everything observed about one service in one cycle.
 
     `replicas` are the live replicas that count toward the current size (not draining).
@@ -73,8 +73,7 @@ class ServiceSnapshot:
         return sum(1 for r in self.replicas if r.ready)
 
 
-@dataclass(frozen=True)
-class MetricProposal:
+class MetricProposal(NamedTuple):
     """What one metric asks for, and why."""
 
     metric: Metric
@@ -84,8 +83,7 @@ class MetricProposal:
     message: str
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     service: str
     current: int
     desired: int
@@ -103,14 +101,12 @@ class Decision:
         return Direction.NONE
 
 
-@dataclass(frozen=True)
-class TimedValue:
+class TimedValue(NamedTuple):
     at_seconds: float
     value: int
 
 
-@dataclass(frozen=True)
-class History:
+class History(NamedTuple):
     """What the policy remembers between cycles; replaced, never mutated.
 
     recommendations: raw per-cycle recommendations, for the stabilization windows.

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta, timezone
 from itertools import accumulate
 from pathlib import Path
 
-from autoscaler.config import ServiceConfig
+from autoscaler.config import PolicyConfig, ServiceConfig
 from autoscaler.model import History, ReplicaSample, ServiceSnapshot
 from autoscaler.policy.evaluate import evaluate, plan_of, record_scale
 from autoscaler.policy.schedule import ScheduledBounds
@@ -146,6 +146,7 @@ TIMELINE_HEADER = (
 class Result:
     rows: list[tuple[float, float, int, int, float, str]]
     summary: Summary
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -163,8 +164,9 @@ def simulate(
     startup_seconds: float = 0.0,
     start: datetime = DEFAULT_START,
 ) -> Result:
-    plan = plan_of(service.policy)
-    target = service.policy.target_cpu_percent
+    policy, notes = policy_for_trace(service, trace)
+    plan = plan_of(policy)
+    target = policy.target_cpu_percent
     cpu_limit = service.cpu_limit
     memory_limit = service.memory_limit
     cpu_mean = _WindowMean(trace.times, trace.cpu_cores)
@@ -228,7 +230,28 @@ def simulate(
 
     summary.steps = steps
     summary.simulated_seconds = steps * interval_seconds
-    return Result(rows, summary)
+    return Result(rows, summary, notes)
+
+
+def policy_for_trace(service: ServiceConfig, trace: Trace) -> tuple[PolicyConfig, list[str]]:
+    """The service's policy without the targets the trace has no data for.
+
+    A target with no data would be a metric that is always missing, and missing metrics forbid
+    every scale-down: the replay would only ever grow.
+    """
+    policy = service.policy
+    drop: dict[str, None] = {}
+    notes = []
+    if policy.target_memory_percent is not None and trace.memory_bytes is None:
+        drop["target_memory_percent"] = None
+        notes.append("target_memory_percent ignored: the trace has no memory_bytes column")
+    if policy.target_requests_per_second_per_replica is not None and trace.requests_per_second is None:
+        drop["target_requests_per_second_per_replica"] = None
+        notes.append("target_requests_per_second_per_replica ignored: the trace has no requests_per_second column")
+    if policy.target_response_time_ms is not None:
+        drop["target_response_time_ms"] = None
+        notes.append("target_response_time_ms ignored: the model has no response times")
+    return (policy.model_copy(update=drop) if drop else policy), notes
 
 
 def write_timeline(result: Result, path: str | os.PathLike[str]) -> None:

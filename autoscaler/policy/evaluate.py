@@ -6,7 +6,7 @@ clock and touches nothing: `now` is seconds on the caller's clock.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from autoscaler.config import PolicyConfig, ScalingBehavior
 from autoscaler.model import (
@@ -237,13 +237,11 @@ def evaluate(
 def record_scale(history: History, now: float, current: int, desired: int) -> History:
     """Remember a change that was applied, for the rate rules' period accounting."""
     if desired > current:
-        return replace(
-            history,
+        return history._replace(
             scale_up_events=history.scale_up_events + (TimedValue(now, desired - current),),
         )
     if desired < current:
-        return replace(
-            history,
+        return history._replace(
             scale_down_events=history.scale_down_events + (TimedValue(now, current - desired),),
         )
     return history

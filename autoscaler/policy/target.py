@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from autoscaler.model import Metric, MetricProposal, ReplicaSample
+from autoscaler.model import SAMPLE_ATTRIBUTES, Metric, MetricProposal, ReplicaSample
 
 UNITS: dict[Metric, str] = {
     Metric.CPU: "%",
@@ -19,6 +19,9 @@ UNITS: dict[Metric, str] = {
     Metric.RESPONSE_TIME_MS: " ms",
     Metric.QUEUE: "",
 }
+# Enum hashing and formatting run Python code; target_tracking runs every simulated step, so
+# it looks each metric's plain strings up once.
+_LABELS: dict[Metric, tuple[str, str]] = {m: (str(m.value), UNITS[m]) for m in Metric}
 
 
 def fmt(metric: Metric, value: float) -> str:
@@ -62,65 +65,64 @@ def target_tracking(
     per-replica percentages. Missing and not-ready replicas are then reworked the HPA's way.
     """
     # Only percentages of a limit have a natural "full" value; the rest fall back to the target.
-    is_resource = metric in (Metric.CPU, Metric.MEMORY)
-    ready_values: dict[str, float] = {}
-    unready: list[str] = []
-    missing: list[str] = []
+    is_resource = metric is Metric.CPU or metric is Metric.MEMORY
+    attribute = SAMPLE_ATTRIBUTES[metric]
+    label, unit = _LABELS[metric]
+    # A CPU start-up spike is not load: a young replica counts as not ready for CPU.
+    min_age_seconds = initialization_seconds if metric is Metric.CPU else -math.inf
+    ready_sum = 0.0
+    ready = unready = missing = 0
     for replica in replicas:
-        value = replica.value(metric)
+        value = getattr(replica, attribute)
         if value is None:
-            missing.append(replica.name)
-            continue
-        # A CPU start-up spike is not load: a young replica counts as not ready for CPU.
-        initializing = metric is Metric.CPU and replica.age_seconds < initialization_seconds
-        if not replica.ready or initializing:
-            unready.append(replica.name)
-            continue
-        ready_values[replica.name] = value
+            missing += 1
+        elif not replica.ready or replica.age_seconds < min_age_seconds:
+            unready += 1
+        else:
+            ready_sum += value
+            ready += 1
 
-    if not ready_values:
+    if not ready:
         return MetricProposal(
-            metric, None, target, None, f"{metric}: no reading from a ready replica"
+            metric, None, target, None, f"{label}: no reading from a ready replica"
         )
 
-    utilization = _mean(ready_values.values())
+    utilization = ready_sum / ready
     ratio = utilization / target
     compare = ">" if ratio > 1 else "<" if ratio < 1 else "="
-    head = f"{metric} {fmt(metric, utilization)} {compare} target {fmt(metric, target)}"
+    head = f"{label} {utilization:.4g}{unit} {compare} target {target:.4g}{unit}"
 
-    scale_up_with_unready = bool(unready) and ratio > 1.0
+    scale_up_with_unready = unready > 0 and ratio > 1.0
     if not scale_up_with_unready and not missing:
         if tolerance.within(ratio):
             return MetricProposal(
                 metric, utilization, target, current_replicas, f"{head}: within tolerance"
             )
-        proposal = _ceil_replicas(ratio * len(ready_values))
+        proposal = _ceil_replicas(ratio * ready)
         return MetricProposal(metric, utilization, target, proposal, head)
 
-    values = dict(ready_values)
+    total, count = ready_sum, ready
     notes: list[str] = []
     if missing:
         if ratio < 1.0:
             # On a scale-down, treat missing replicas as using 100% of their limit (or the
             # target, if that is higher), so that we do not shrink on a partial view.
             fallback = max(100.0, target) if is_resource else target
-            notes.append(f"{len(missing)} missing counted as {fmt(metric, fallback)}")
+            total += fallback * missing
+            count += missing
+            notes.append(f"{missing} missing counted as {fallback:.4g}{unit}")
         elif ratio > 1.0:
             # On a scale-up, treat missing replicas as idle, so we do not overshoot.
-            fallback = 0.0
-            notes.append(f"{len(missing)} missing counted as 0")
-        else:
-            fallback = None
-        if fallback is not None:
-            values.update({name: fallback for name in missing})
+            count += missing
+            notes.append(f"{missing} missing counted as 0")
     if scale_up_with_unready:
         # Not-ready replicas will take load soon: count them as idle on a scale-up.
-        values.update({name: 0.0 for name in unready})
-        notes.append(f"{len(unready)} not ready counted as 0")
+        count += unready
+        notes.append(f"{unready} not ready counted as 0")
 
-    new_utilization = _mean(values.values())
+    new_utilization = total / count
     new_ratio = new_utilization / target
-    detail = f"{head} ({', '.join(notes)}: {fmt(metric, new_utilization)})"
+    detail = f"{head} ({', '.join(notes)}: {new_utilization:.4g}{unit})"
     if (
         tolerance.within(new_ratio)
         or (ratio < 1.0 < new_ratio)
@@ -130,7 +132,7 @@ def target_tracking(
         return MetricProposal(
             metric, utilization, target, current_replicas, f"{detail}: hold"
         )
-    proposal = _ceil_replicas(new_ratio * len(values))
+    proposal = _ceil_replicas(new_ratio * count)
     if (new_ratio < 1.0 and proposal > current_replicas) or (
         new_ratio > 1.0 and proposal < current_replicas
     ):
