@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 
 from autoscaler import __version__
-from autoscaler.config import ConfigError, Settings, load_config
+from autoscaler.config import ConfigError, ServiceConfig, Settings, load_config
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -34,7 +37,57 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a config file (exit 0 ok, 2 invalid)")
     _add_config(validate)
+
+    decide = sub.add_parser("decide", help="evaluate one snapshot with no history and explain the decision")
+    _add_config(decide)
+    decide.add_argument("--service", required=True, help="service name in the config")
+    decide.add_argument("--snapshot", required=True, metavar="SNAPSHOT.json", help="replicas and their readings")
+    decide.add_argument("--at", type=_timestamp, metavar="ISO8601",
+                        help="time for scheduled bounds, e.g. 2026-11-30T09:00:00+01:00 (default: now)")
+    decide.add_argument("--json", action="store_true", help="print one JSON object")
+
+    simulate = sub.add_parser("simulate", help="replay a demand trace through the policy, offline")
+    _add_config(simulate)
+    simulate.add_argument("--service", required=True, help="service name in the config")
+    simulate.add_argument("--trace", required=True, metavar="TRACE.csv",
+                          help="columns time_seconds, cpu_cores [, memory_bytes, requests_per_second]")
+    simulate.add_argument("--out", metavar="TIMELINE.csv", help="write one row per step")
+    simulate.add_argument("--plot", metavar="CHART.png", help="draw demand, capacity and replicas (matplotlib)")
+    simulate.add_argument("--startup-seconds", type=_non_negative, default=0.0, metavar="S",
+                          help="seconds from a scale-up decision until the new replica is ready (default 0)")
+    simulate.add_argument("--start", type=_timestamp, metavar="ISO8601",
+                          help="wall time of the trace's time 0, for schedules (default 2026-01-05T00:00Z, a Monday)")
     return parser
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number >= 0")
+    return value
+
+
+def _timestamp(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2026-11-30T09:00:00+00:00)") from None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+def _error(message: str) -> int:
+    print(f"autoscaler: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _service(settings: Settings, name: str) -> ServiceConfig | None:
+    service = settings.services.get(name)
+    if service is None:
+        _error(f"unknown service {name!r} (the config has: {', '.join(settings.services)})")
+    return service
 
 
 def _load(path: str) -> Settings | None:
@@ -74,7 +127,75 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate}
+def cmd_decide(args: argparse.Namespace) -> int:
+    from autoscaler.decide import SnapshotError, decide, read_snapshot, render_text
+
+    settings = _load(args.config)
+    if settings is None:
+        return EXIT_USAGE
+    service = _service(settings, args.service)
+    if service is None:
+        return EXIT_USAGE
+    try:
+        snapshot = read_snapshot(args.snapshot, args.service)
+    except SnapshotError as exc:
+        for line in exc.messages:
+            _error(line)
+        return EXIT_USAGE
+    _, document = decide(args.service, service, snapshot, args.at or datetime.now(timezone.utc))
+    print(json.dumps(document, indent=2) if args.json else render_text(document))
+    return EXIT_OK
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from autoscaler.simulate import DEFAULT_START, TraceError, plot, read_trace, simulate, write_timeline
+
+    settings = _load(args.config)
+    if settings is None:
+        return EXIT_USAGE
+    service = _service(settings, args.service)
+    if service is None:
+        return EXIT_USAGE
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            return _error("--plot needs matplotlib: pip install 'autoscaler[plot]'")
+    try:
+        trace = read_trace(args.trace)
+    except TraceError as exc:
+        return _error(str(exc))
+    interval = settings.daemon.interval_seconds
+    result = simulate(trace, args.service, service, interval, args.startup_seconds, args.start or DEFAULT_START)
+    s = result.summary
+    print(
+        f"simulated {args.service}: {s.simulated_seconds:g} s in {s.steps} steps of {interval:g} s "
+        f"(startup {args.startup_seconds:g} s, {len(trace)} trace rows)"
+    )
+    for note in result.notes:
+        print(f"  note: {note}")
+    average = s.replica_seconds / s.simulated_seconds if s.simulated_seconds else 0.0
+    print(f"  replica-seconds (cost):   {s.replica_seconds:,.0f}  (mean {average:.2f} replicas)")
+    above = s.seconds_above_target / s.simulated_seconds * 100 if s.simulated_seconds else 0.0
+    print(f"  seconds above target:     {s.seconds_above_target:,.0f}  ({above:.1f} % of the time)")
+    print(f"  peak cpu utilization:     {s.peak_utilization_percent:.1f} %")
+    print(f"  scale events:             {s.scale_events}  ({s.scale_ups} up, {s.scale_downs} down)")
+    reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items(), key=lambda kv: -kv[1]))
+    print(f"  decisions by reason:      {reasons}")
+    try:
+        if args.out:
+            write_timeline(result, args.out)
+            print(f"  timeline: {args.out}")
+        if args.plot:
+            plot(result, service, args.plot, f"{args.service}: {args.trace}")
+            print(f"  chart: {args.plot}")
+    except OSError as exc:
+        print(f"autoscaler: cannot write output: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "decide": cmd_decide, "simulate": cmd_simulate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -174,6 +174,13 @@ class DockerBackend:
         )
         return found[0] if found else None
 
+    def existing_load_balancer(self, service: str) -> LoadBalancer | None:
+        """The service's running load balancer, without creating or starting anything."""
+        found = self.find_load_balancer(service)
+        if found is None or found["State"] != "running":
+            return None
+        return self._load_balancer_info(service, found["Id"])
+
     def ensure_load_balancer(self, spec: LoadBalancerSpec) -> tuple[LoadBalancer, bool]:
         """Adopts the service's load balancer (starting it if stopped) or creates it.
 

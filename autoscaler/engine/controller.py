@@ -20,6 +20,7 @@ from typing import Protocol
 
 from autoscaler.config import ServiceConfig
 from autoscaler.docker.backend import (
+    BackendError,
     LoadBalancer,
     LoadBalancerSpec,
     Replica,
@@ -40,6 +41,7 @@ HEALTH_POLL_SECONDS = 0.2
 class ReplicaBackend(Protocol):
     def ensure_network(self, service: str, name: str) -> None: ...
     def ensure_load_balancer(self, spec: LoadBalancerSpec) -> tuple[LoadBalancer, bool]: ...
+    def existing_load_balancer(self, service: str) -> LoadBalancer | None: ...
     def list_replicas(self, service: str, network: str) -> list[Replica]: ...
     def start_replica(self, spec: ReplicaSpec) -> Replica: ...
     def remove_replica(self, service: str, container_id: str, stop_timeout_seconds: int) -> None: ...
@@ -167,9 +169,22 @@ class ServiceController:
         self._schedule = ScheduledBounds(config)
 
     def setup(self) -> None:
-        """Creates what is missing (network, load balancer) and adopts what exists."""
-        self._backend.ensure_network(self.name, self.network)
-        lb, fresh = self._backend.ensure_load_balancer(self.lb_spec())
+        """Creates what is missing (network, load balancer) and adopts what exists.
+
+        In a dry run nothing is created: the service must already have a running load balancer.
+        """
+        if self.dry_run:
+            found = self._backend.existing_load_balancer(self.name)
+            if found is None:
+                raise BackendError(
+                    "setup", self.name,
+                    "a dry run changes nothing, and this service has no running load balancer "
+                    "yet; run once without --dry-run to create it",
+                )
+            lb, fresh = found, False
+        else:
+            self._backend.ensure_network(self.name, self.network)
+            lb, fresh = self._backend.ensure_load_balancer(self.lb_spec())
         self._lb = self._lb_factory(lb)
         self._wait_for_lb()
         replicas = [r for r in self._backend.list_replicas(self.name, self.network) if r.running]
@@ -193,13 +208,19 @@ class ServiceController:
 
     # --- observe --------------------------------------------------------------------------
 
-    def observe(self) -> Observation:
-        """Lists replicas and servers and repairs membership so that the two agree."""
+    def observe(self, repair: bool = True) -> Observation:
+        """Lists replicas and servers and repairs membership so that the two agree.
+
+        With repair=False, and always in a dry run, it only looks and changes nothing.
+        """
         assert self._lb is not None
+        repair = repair and not self.dry_run
         replicas = self._backend.list_replicas(self.name, self.network)
         try:
             backend_stat, servers = self._lb.snapshot()
         except HAProxyError:
+            if not repair:
+                raise
             # The load balancer restarted or was removed: bring it back; a new one has no members.
             log.warning("load balancer not answering: re-creating or restarting it", extra=self._extra())
             lb, _ = self._backend.ensure_load_balancer(self.lb_spec())
@@ -210,18 +231,16 @@ class ServiceController:
         running = {r.name: r for r in replicas if r.running}
         for replica in replicas:
             if not replica.running:
-                log.warning("replica %s is %s: removing it", replica.name, replica.state,
-                            extra=self._extra(replica=replica.name))
-                if replica.name in servers:
-                    self._lb.delete_server(replica.name)
-                    servers.pop(replica.name)
-                if not self.dry_run:
+                self._repair(repair, "replica %s is %s: removing it", replica.name, replica.state)
+                if repair:
+                    if servers.pop(replica.name, None) is not None:
+                        self._lb.delete_server(replica.name)
                     self._backend.remove_replica(self.name, replica.id, self.config.stop_timeout_seconds)
         for name in [n for n in servers if n not in running]:
-            log.info("server %s has no running replica: removing it from the load balancer", name,
-                     extra=self._extra(replica=name))
-            self._lb.delete_server(name)
-            servers.pop(name)
+            self._repair(repair, "server %s has no running replica: removing it from the load balancer", name)
+            if repair:
+                self._lb.delete_server(name)
+                servers.pop(name)
 
         views = []
         for replica in running.values():
@@ -231,17 +250,16 @@ class ServiceController:
                             extra=self._extra(replica=replica.name))
                 continue
             expected = f"{replica.ip}:{self.config.port}"
-            if server is not None and server.address != expected:
-                self._lb.delete_server(replica.name)
-                server = None
-            if server is None:
-                self._register(replica)
-            elif (
-                server.maintenance
-                and not server.check_passed
-                and not self.dry_run
-                and self._startup_expired(replica)
-            ):
+            state = replica_state(server)
+            if server is None or server.address != expected:
+                self._repair(repair, "replica %s is not in the load balancer: registering it", replica.name)
+                if repair:
+                    if server is not None:
+                        self._lb.delete_server(replica.name)
+                    self._register(replica)
+                    server = None
+                state = "starting"
+            elif server.maintenance and not server.check_passed and repair and self._startup_expired(replica):
                 log.warning(
                     "replica %s failed its health check for %.0fs (%s): removing it",
                     replica.name, self.config.startup_timeout_seconds, server.check_status or "no check",
@@ -251,14 +269,22 @@ class ServiceController:
                 self._backend.remove_replica(self.name, replica.id, self.config.stop_timeout_seconds)
                 continue
             elif server.maintenance and server.check_passed:
-                self._lb.set_ready(replica.name)
-                log.info("replica %s passed its health check: now serving", replica.name,
-                         extra=self._extra(replica=replica.name))
-            views.append(ReplicaView(replica, replica_state(server), server))
+                self._repair(repair, "replica %s passed its health check: now serving", replica.name)
+                if repair:
+                    self._lb.set_ready(replica.name)
+                    state = "ready"
+            views.append(ReplicaView(replica, state, server))
         self._registered_at = {n: t for n, t in self._registered_at.items() if n in running}
         observation = Observation(tuple(views), backend_stat)
         self.last_observation = observation
         return observation
+
+    def _repair(self, repair: bool, message: str, *args: object) -> None:
+        replica = args[0] if args else None
+        if repair:
+            log.info(message, *args, extra=self._extra(replica=replica))
+        else:
+            log.debug("[dry run] would do: " + message, *args, extra=self._extra(replica=replica))
 
     def _startup_expired(self, replica: Replica) -> bool:
         """Whether a replica still failing its check has had startup_timeout_seconds to pass it.
@@ -368,6 +394,8 @@ class ServiceController:
             self._converge(observation, decision.desired)
             self._history = record_scale(self._history, now, decision.current, decision.desired)
             self._telemetry.record_scale(self.name, str(decision.direction), decision.reason)
+            # Report what the action left, not what the cycle started from.
+            self._telemetry.record_replicas(self.name, self.observe(repair=False).counts())
         self._telemetry.loop_duration.labels(self.name).observe(self._clock() - start)
         return decision
 
@@ -432,6 +460,13 @@ class ServiceController:
         """Drains each victim, waits for its sessions to end (bounded), then removes it."""
         assert self._lb is not None
         lb = self._lb
+        if self.last_observation is not None:
+            # While the drain runs (up to drain_timeout_seconds) the gauge shows it.
+            counts = self.last_observation.counts()
+            for view in victims:
+                counts[view.state] = counts.get(view.state, 0) - 1
+                counts["draining"] = counts.get("draining", 0) + 1
+            self._telemetry.record_replicas(self.name, counts)
         for view in victims:
             lb.set_drain(view.replica.name)
             log.info("draining replica %s (%d session(s))", view.replica.name,

@@ -69,7 +69,10 @@ class Daemon:
         images = [s.image for s in self.settings.services.values()] + [
             s.load_balancer.image for s in self.settings.services.values()
         ]
-        missing = self.backend.missing_images(images)
+        try:
+            missing = self.backend.missing_images(images)
+        except BackendError as exc:
+            raise StartupError(str(exc)) from exc
         if missing:
             raise StartupError(
                 f"image(s) not found on the Docker engine: {', '.join(missing)}; "
@@ -215,7 +218,8 @@ class Daemon:
                 self.reload()
 
     def shutdown(self) -> None:
-        log.info("stopping: finishing the step in progress (replicas and load balancers keep serving)")
+        if self.scheduler is not None:
+            log.info("stopping: finishing the step in progress (replicas and load balancers keep serving)")
         if self.scheduler is not None and self.scheduler.running:
             # wait=True: a scale-out or drain in progress runs to completion.
             self.scheduler.shutdown(wait=True)
@@ -225,7 +229,8 @@ class Daemon:
             self.metrics_server.stop()
         if self.backend is not None:
             self.backend.close()
-        log.info("stopped")
+        if self.scheduler is not None:
+            log.info("stopped")
 
     def serve(self) -> None:
         previous = {

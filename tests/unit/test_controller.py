@@ -159,6 +159,10 @@ class FakeBackend:
                           "127.0.0.1", 41000, f"{spec.publish_host}:{spec.publish_port}")
         return lb, len(self.lb_specs) == 1
 
+    def existing_load_balancer(self, service: str) -> LoadBalancer | None:
+        self.calls.add("existing_load_balancer", service)
+        return LoadBalancer("lb-id", f"autoscaler-{service}-lb", "127.0.0.1", 40001, "127.0.0.1", 41000, "127.0.0.1:8080")
+
     def list_replicas(self, service: str, network: str) -> list[Replica]:
         assert (service, network) == (SERVICE, NETWORK)
         return sorted(self.replicas.values(), key=lambda r: (r.created_at_seconds, r.name))
@@ -737,7 +741,8 @@ def test_dry_run_decides_and_records_metrics_but_changes_nothing(
         world.clock.advance(5)
 
     assert decision.desired == desired
-    assert not world.calls.ops() & {"start_replica", "remove_replica", "set_drain"}
+    # Nothing is created, started, removed, registered or drained; the exited replica stays.
+    assert world.calls.ops() <= {"existing_load_balancer"}
     assert set(world.backend.running) == set(replicas)
     assert world.metric("autoscaler_desired_replicas") == desired
     assert world.replica_counts() == {"ready": len(replicas), "starting": 0, "draining": 0}
@@ -753,8 +758,8 @@ def test_metrics_after_cycles(world: World) -> None:
     controller = world.controller(min_replicas=3)
 
     controller.run_cycle()  # 1 -> 3: below min
-    # The replica gauge shows what the cycle observed, before it acted.
-    assert world.replica_counts() == {"ready": 1, "starting": 0, "draining": 0}
+    # The replica gauge shows what the cycle's action left: both new replicas passed their checks.
+    assert world.replica_counts() == {"ready": 3, "starting": 0, "draining": 0}
     assert world.metric("autoscaler_desired_replicas") == 3
     assert world.metric("autoscaler_scale_events_total", direction="up", reason="below_min") == 1
 
