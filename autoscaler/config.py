@@ -188,6 +188,10 @@ class DaemonConfig(_Model):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Decide and log, but never start, stop or re-route anything.
     dry_run: bool = False
+    # How the daemon reaches each load balancer's admin API and exporter: "published" = the
+    # ports the engine publishes on the host's loopback (daemon on the host); "network" = the
+    # container by name on the service's network (daemon in a container on that network).
+    load_balancer_access: Literal["published", "network"] = "published"
 
     @property
     def metrics_host_port(self) -> tuple[str, int]:

@@ -20,6 +20,10 @@ from autoscaler.policy.evaluate import evaluate
 from autoscaler.policy.schedule import bounds_at
 
 NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# Far above any real reading, low enough that pooled sums and ratios stay finite floats: a
+# reading near 1e308 would overflow to inf in the replica arithmetic.
+MAX_READING = 1e9
+Reading = Annotated[float, Field(ge=0, le=MAX_READING, allow_inf_nan=False)]
 
 
 class SnapshotError(ValueError):
@@ -29,32 +33,46 @@ class SnapshotError(ValueError):
 
 
 class ReplicaInput(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=False)
+    # Strict: "ready": "no" or "age_seconds": true are mistakes in the file, not values to coerce.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(min_length=1)
     ready: bool
     age_seconds: NonNegative
-    cpu_percent: NonNegative | None = None
-    memory_percent: NonNegative | None = None
-    requests_per_second: NonNegative | None = None
-    response_time_ms: NonNegative | None = None
+    cpu_percent: Reading | None = None
+    memory_percent: Reading | None = None
+    requests_per_second: Reading | None = None
+    response_time_ms: Reading | None = None
 
 
 class SnapshotInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     replicas: list[ReplicaInput]
-    queue_current: NonNegative | None = None
+    queue_current: Reading | None = None
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "an array" if isinstance(value, list) else "a string"
 
 
 def read_snapshot(path: str | os.PathLike[str], service: str) -> ServiceSnapshot:
     try:
-        with open(path, encoding="utf-8") as handle:
+        # utf-8-sig: editors on Windows save JSON with a byte-order mark.
+        with open(path, encoding="utf-8-sig") as handle:
             raw: Any = json.load(handle)
     except OSError as exc:
         raise SnapshotError([f"{path}: cannot read ({exc.strerror or exc})"]) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SnapshotError([f"{path}: not valid JSON ({exc})"]) from None
+    if not isinstance(raw, dict):
+        raise SnapshotError([f"{path}: expected a JSON object with a \"replicas\" list, got {_json_kind(raw)}"])
     try:
         parsed = SnapshotInput.model_validate(raw)
     except ValidationError as exc:

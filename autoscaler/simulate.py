@@ -45,7 +45,8 @@ class Trace:
 
 def read_trace(path: str | os.PathLike[str]) -> Trace:
     try:
-        handle = open(path, newline="", encoding="utf-8")
+        # utf-8-sig: spreadsheets save CSV with a byte-order mark, which would hide the first column.
+        handle = open(path, newline="", encoding="utf-8-sig")
     except OSError as exc:
         raise TraceError(f"{path}: cannot read ({exc.strerror or exc})") from None
     with handle:
@@ -53,9 +54,13 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
         try:
             header = [h.strip() for h in next(reader)]
         except StopIteration:
-            raise TraceError(f"{path}: empty file (expected a header with {', '.join(REQUIRED_COLUMNS)})") from None
+            raise TraceError(f"{path}: line 1: empty file (expected a header with {', '.join(REQUIRED_COLUMNS)})") from None
         except (csv.Error, UnicodeDecodeError) as exc:
             raise TraceError(f"{path}: line 1: not CSV ({exc})") from None
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        if repeated:
+            # Only one of the copies would be read; which one the author meant is unknowable.
+            raise TraceError(f"{path}: line 1: duplicate column(s) {', '.join(repeated)}")
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:
             raise TraceError(
@@ -81,6 +86,9 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
                 for name, position in index.items():
                     text = row[position]
                     try:
+                        # float() also reads "1_000"; no CSV writer means that.
+                        if "_" in text:
+                            raise ValueError(text)
                         value = float(text)
                     except ValueError:
                         raise TraceError(f"{path}: line {line}: {name}: {text!r} is not a number") from None
@@ -94,7 +102,7 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
         except (csv.Error, UnicodeDecodeError) as exc:
             raise TraceError(f"{path}: line {line}: not CSV ({exc})") from None
     if not columns["time_seconds"]:
-        raise TraceError(f"{path}: no samples after the header")
+        raise TraceError(f"{path}: line {line + 1}: no samples after the header")
     return Trace(
         times=columns["time_seconds"],
         cpu_cores=columns["cpu_cores"],
@@ -183,7 +191,8 @@ def simulate(
     summary = Summary()
     rows: list[tuple[float, float, int, int, float, str]] = []
     first, last = trace.times[0], trace.times[-1]
-    steps = max(1, math.floor((last - first) / interval_seconds) + 1)
+    # Rounded first: 0.3 / 0.1 is 2.9999999999999996, which would drop the last sample's step.
+    steps = max(1, math.floor(round((last - first) / interval_seconds, 9)) + 1)
 
     for step in range(steps):
         now = first + step * interval_seconds
@@ -259,7 +268,8 @@ def write_timeline(result: Result, path: str | os.PathLike[str]) -> None:
         writer = csv.writer(handle)
         writer.writerow(TIMELINE_HEADER)
         for time_s, demand, ready, desired, cpu, reason in result.rows:
-            writer.writerow((f"{time_s:g}", f"{demand:.6g}", ready, desired, "" if math.isnan(cpu) else f"{cpu:.4g}", reason))
+            # .15g: plain digits up to 1e15 s; "g" would write 1209600 and 1209605 both as 1.2096e+06.
+            writer.writerow((f"{time_s:.15g}", f"{demand:.6g}", ready, desired, "" if math.isnan(cpu) else f"{cpu:.4g}", reason))
 
 
 def plot(result: Result, service: ServiceConfig, path: str | os.PathLike[str], title: str) -> None:

@@ -110,14 +110,18 @@ class DockerBackend:
         client: docker.DockerClient,
         observer: CallObserver = NULL_OBSERVER,
         stats_workers: int = 16,
+        access: str = "published",
     ) -> None:
         self._client = client
         self._observer = observer
+        self._access = access  # see DaemonConfig.load_balancer_access
         # Stats calls block for the engine's 1 s collection tick: run them side by side.
         self._stats_pool = ThreadPoolExecutor(stats_workers, thread_name_prefix="docker-stats")
 
     @classmethod
-    def from_env(cls, observer: CallObserver = NULL_OBSERVER, timeout_seconds: int = 30) -> DockerBackend:
+    def from_env(
+        cls, observer: CallObserver = NULL_OBSERVER, timeout_seconds: int = 30, access: str = "published"
+    ) -> DockerBackend:
         try:
             client = docker.from_env(timeout=timeout_seconds, max_pool_size=32)
             client.ping()
@@ -126,7 +130,13 @@ class DockerBackend:
                 "connect", None,
                 f"the Docker engine is not reachable ({exc}); start dockerd or set DOCKER_HOST",
             ) from exc
-        return cls(client, observer)
+        return cls(client, observer, access=access)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._call("ping", None, self._client.ping))
+        except BackendError:
+            return False
 
     def close(self) -> None:
         self._stats_pool.shutdown(wait=False, cancel_futures=True)
@@ -252,11 +262,17 @@ class DockerBackend:
                 raise BackendError("container_inspect", service, f"load balancer port {port} is not published")
             return bindings[0]["HostIp"] or "127.0.0.1", int(bindings[0]["HostPort"])
 
-        admin_host, admin_port = host_port(LB_ADMIN_PORT)
-        metrics_host, metrics_port = host_port(LB_METRICS_PORT)
+        name = info["Name"].lstrip("/")
+        if self._access == "network":
+            # The daemon shares the service's network: Docker's DNS resolves the container name.
+            admin_host, admin_port = name, LB_ADMIN_PORT
+            metrics_host, metrics_port = name, LB_METRICS_PORT
+        else:
+            admin_host, admin_port = host_port(LB_ADMIN_PORT)
+            metrics_host, metrics_port = host_port(LB_METRICS_PORT)
         return LoadBalancer(
             id=container_id,
-            name=info["Name"].lstrip("/"),
+            name=name,
             admin_host=admin_host,
             admin_port=admin_port,
             metrics_host=metrics_host,

@@ -31,7 +31,7 @@ from autoscaler.lb.haproxy import BackendStat, HAProxyError, ServerStat
 from autoscaler.model import Bounds, Decision, History, ReplicaSample, ServiceSnapshot
 from autoscaler.policy.evaluate import evaluate, record_scale
 from autoscaler.policy.schedule import ScheduledBounds
-from autoscaler.telemetry import Telemetry
+from autoscaler.telemetry import ReplicaMetrics, Telemetry
 
 log = logging.getLogger("autoscaler.engine")
 
@@ -121,6 +121,7 @@ class ServiceController:
         self._wall_clock = wall_clock
         self._sleep = sleep
         self._lb: LoadBalancerAPI | None = None
+        self.load_balancer: LoadBalancer | None = None
         self._history = History()
         self._spec: int | None = None  # the count last decided; lost replicas are replaced up to it
         self._previous_stats: dict[str, StatsReading] = {}
@@ -132,6 +133,8 @@ class ServiceController:
         self.last_decision: Decision | None = None
         self.last_decision_at: float | None = None  # wall clock
         self.last_observation: Observation | None = None
+        self.last_snapshot: ServiceSnapshot | None = None
+        telemetry.register_service(name)
 
     def _extra(self, **fields: object) -> dict[str, object]:
         return {"service": self.name, **fields}
@@ -185,6 +188,7 @@ class ServiceController:
         else:
             self._backend.ensure_network(self.name, self.network)
             lb, fresh = self._backend.ensure_load_balancer(self.lb_spec())
+        self.load_balancer = lb
         self._lb = self._lb_factory(lb)
         self._wait_for_lb()
         replicas = [r for r in self._backend.list_replicas(self.name, self.network) if r.running]
@@ -224,6 +228,7 @@ class ServiceController:
             # The load balancer restarted or was removed: bring it back; a new one has no members.
             log.warning("load balancer not answering: re-creating or restarting it", extra=self._extra())
             lb, _ = self._backend.ensure_load_balancer(self.lb_spec())
+            self.load_balancer = lb
             self._lb = self._lb_factory(lb)
             self._wait_for_lb()
             backend_stat, servers = self._lb.snapshot()
@@ -318,6 +323,7 @@ class ServiceController:
         now_wall = self._wall_clock()
         now = self._clock()
         samples = []
+        replica_metrics = []
         previous_stats: dict[str, StatsReading] = {}
         previous_requests: dict[str, tuple[float, int]] = {}
         for view in active:
@@ -349,6 +355,12 @@ class ServiceController:
                     response_time_ms=rt,
                 )
             )
+            replica_metrics.append(
+                ReplicaMetrics(
+                    replica.name, view.state == "ready", cpu, mem,
+                    reading.memory_used_bytes if reading is not None else None,
+                )
+            )
         # Keep only live replicas' readings: no unbounded growth as replicas come and go.
         self._previous_stats = previous_stats
         self._previous_requests = previous_requests
@@ -357,10 +369,20 @@ class ServiceController:
         # no reading at all, not an empty answer.
         if active and all(readings.get(v.replica.id) is None for v in active):
             metrics_error = "no stats from the Docker engine"
-        queue = float(observation.backend.queue_current) if observation.backend else None
+        backend = observation.backend
+        queue = float(backend.queue_current) if backend else None
+        self._telemetry.record_replica_samples(self.name, replica_metrics)
+        rates = [r.requests_per_second for r in samples if r.requests_per_second is not None]
+        self._telemetry.record_load_balancer(
+            self.name, sum(rates) if rates else None, queue, backend.response_time_ms if backend else None
+        )
         return ServiceSnapshot(self.name, tuple(samples), queue, metrics_error)
 
     # --- the cycle ------------------------------------------------------------------------
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._history.consecutive_failures
 
     def bounds(self) -> Bounds:
         return self._schedule.at(datetime.fromtimestamp(self._wall_clock(), timezone.utc))
@@ -380,13 +402,15 @@ class ServiceController:
                 observation = self.observe()
         snapshot = self.snapshot(observation)
         now = self._clock()
-        decision, self._history = evaluate(
-            snapshot, self.config.policy, self.bounds(), self._history, now
-        )
+        bounds = self.bounds()
+        decision, self._history = evaluate(snapshot, self.config.policy, bounds, self._history, now)
         self.last_decision = decision
         self.last_decision_at = self._wall_clock()
+        self.last_snapshot = snapshot
         self._log_decision(decision)
-        self._telemetry.record_decision(decision, _mean_ready(snapshot, "cpu"), _mean_ready(snapshot, "memory"))
+        self._telemetry.record_evaluation(
+            decision, snapshot, bounds, self.config.policy, self._history.consecutive_failures, self.dry_run
+        )
         self._telemetry.record_replicas(self.name, observation.counts())
         if not self.dry_run:
             self._spec = decision.desired
@@ -514,10 +538,3 @@ def choose_victims(active: Sequence[ReplicaView], count: int) -> list[ReplicaVie
 
     return sorted(active, key=key)[:count]
 
-
-def _mean_ready(snapshot: ServiceSnapshot, metric: str) -> float | None:
-    values = [
-        v for r in snapshot.replicas
-        if r.ready and (v := (r.cpu_percent if metric == "cpu" else r.memory_percent)) is not None
-    ]
-    return sum(values) / len(values) if values else None

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +25,7 @@ from autoscaler.config import ConfigError, Settings, load_config
 from autoscaler.docker.backend import BackendError, DockerBackend, LoadBalancer
 from autoscaler.engine.controller import LoadBalancerAPI, ServiceController
 from autoscaler.lb.haproxy import HAProxyError, HAProxyRuntime
-from autoscaler.telemetry import MetricsServer, Telemetry
+from autoscaler.telemetry import MetricsServer, Telemetry, json_route
 
 log = logging.getLogger("autoscaler.daemon")
 
@@ -50,7 +51,8 @@ class Daemon:
         self.config_path = Path(config_path) if config_path else None
         self.dry_run = dry_run or settings.daemon.dry_run
         self.telemetry = telemetry or Telemetry()
-        self._backend_factory = backend_factory or (lambda t: DockerBackend.from_env(observer=t))
+        access = settings.daemon.load_balancer_access
+        self._backend_factory = backend_factory or (lambda t: DockerBackend.from_env(observer=t, access=access))
         self.backend: DockerBackend | None = None
         self.controllers: dict[str, ServiceController] = {}
         self.scheduler: BackgroundScheduler | None = None
@@ -81,7 +83,14 @@ class Daemon:
             )
         host, port = self.settings.daemon.metrics_host_port
         try:
-            self.metrics_server = MetricsServer(self.telemetry, host, port, status=self.status)
+            self.metrics_server = MetricsServer(
+                self.telemetry, host, port,
+                routes={
+                    "/status": json_route(self.status),
+                    "/readyz": self.readiness,
+                    "/sd/load-balancers": json_route(self.load_balancer_targets),
+                },
+            )
         except OSError as exc:
             raise StartupError(f"daemon.metrics_listen {host}:{port}: cannot listen ({exc})") from exc
         for name, service in self.settings.services.items():
@@ -154,6 +163,7 @@ class Daemon:
             for line in exc.messages:
                 log.error("config reload rejected: %s", line)
             log.error("keeping the config in force")
+            self.telemetry.record_reload(False)
             return False
         if set(settings.services) != set(self.settings.services) or any(
             settings.network_for(n) != self.settings.network_for(n)
@@ -164,6 +174,7 @@ class Daemon:
                 "config reload rejected: adding or removing services, or changing a network or "
                 "load balancer, needs a restart; keeping the config in force"
             )
+            self.telemetry.record_reload(False)
             return False
         self.settings = settings
         for name, controller in self.controllers.items():
@@ -174,30 +185,53 @@ class Daemon:
                     name, trigger="interval", seconds=settings.daemon.interval_seconds
                 )
         log.info("config reloaded from %s", self.config_path)
+        self.telemetry.record_reload(True)
         return True
 
     # --- status ---------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        """The document behind /status and `autoscaler status`."""
+        now = time.time()
         services: dict[str, Any] = {}
         for name, controller in self.controllers.items():
-            decision = controller.last_decision
-            observation = controller.last_observation
-            bounds = controller.bounds()
-            services[name] = {
-                "replicas": observation.counts() if observation else {},
-                "min_replicas": bounds.min_replicas,
-                "max_replicas": bounds.max_replicas,
-                "bounds_source": bounds.source,
-                "last_decision": None if decision is None else {
-                    "current": decision.current,
-                    "desired": decision.desired,
-                    "reason": decision.reason,
-                    "message": decision.message,
-                    "at": controller.last_decision_at,
-                },
-            }
-        return {"version": __version__, "dry_run": self.dry_run, "services": services}
+            services[name] = service_status(controller, now, self.settings.daemon.interval_seconds)
+        return {
+            "version": __version__,
+            "dry_run": self.dry_run,
+            "interval_seconds": self.settings.daemon.interval_seconds,
+            "generated_at": now,
+            "services": services,
+        }
+
+    def readiness(self) -> tuple[int, str, bytes]:
+        """/readyz: 200 when every service was evaluated recently and Docker answers."""
+        problems = []
+        # A cycle may take a drain or a health wait; three intervals plus a margin is "recent".
+        stale_after = 3 * self.settings.daemon.interval_seconds + 30
+        now = time.time()
+        for name, controller in self.controllers.items():
+            at = controller.last_decision_at
+            if at is None:
+                problems.append(f"{name}: not evaluated yet")
+            elif now - at > stale_after:
+                problems.append(f"{name}: last evaluation {now - at:.0f}s ago")
+        if self.backend is None or not self.backend.ping():
+            problems.append("docker: engine not reachable")
+        if problems:
+            return 503, "text/plain; charset=utf-8", ("not ready\n" + "\n".join(problems) + "\n").encode()
+        return 200, "text/plain; charset=utf-8", b"ready\n"
+
+    def load_balancer_targets(self) -> list[dict[str, Any]]:
+        """Prometheus HTTP service discovery: every load balancer's built-in exporter."""
+        targets = []
+        for name, controller in self.controllers.items():
+            lb = controller.load_balancer
+            if lb is not None:
+                targets.append(
+                    {"targets": [f"{lb.metrics_host}:{lb.metrics_port}"], "labels": {"service": name, "load_balancer": lb.name}}
+                )
+        return targets
 
     # --- main loop and shutdown -----------------------------------------------------------
 
@@ -249,3 +283,58 @@ class Daemon:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def service_status(controller: ServiceController, now: float, interval_seconds: float) -> dict[str, Any]:
+    decision = controller.last_decision
+    observation = controller.last_observation
+    snapshot = controller.last_snapshot
+    bounds = controller.bounds()
+    policy = controller.config.policy
+    counts = observation.counts() if observation else {}
+    utilization: dict[str, Any] = {}
+    if decision is not None:
+        for proposal in decision.proposals:
+            utilization[str(proposal.metric)] = {
+                "value": proposal.utilization,
+                "target": None if proposal.target != proposal.target else proposal.target,  # NaN: step
+                "proposal": proposal.proposal,
+            }
+    warnings = []
+    failures = controller.consecutive_failures
+    if failures:
+        warnings.append(f"metrics failed {failures} cycle(s) in a row")
+    if decision is not None and decision.desired >= bounds.max_replicas and (decision.recommendation or 0) > bounds.max_replicas:
+        warnings.append(f"pinned at max_replicas {bounds.max_replicas} (the policy wants {decision.recommendation})")
+    age = None if controller.last_decision_at is None else now - controller.last_decision_at
+    if age is not None and age > 3 * interval_seconds + 30:
+        warnings.append(f"last evaluation {age:.0f}s ago")
+    lb = controller.load_balancer
+    return {
+        "replicas": {state: counts.get(state, 0) for state in ("ready", "starting", "draining")},
+        "desired_replicas": None if decision is None else decision.desired,
+        "min_replicas": bounds.min_replicas,
+        "max_replicas": bounds.max_replicas,
+        "bounds_source": bounds.source,
+        "targets": {
+            "cpu_percent": policy.target_cpu_percent,
+            "memory_percent": policy.target_memory_percent,
+            "requests_per_second_per_replica": policy.target_requests_per_second_per_replica,
+            "response_time_ms": policy.target_response_time_ms,
+        },
+        "utilization": utilization,
+        "queue_current": None if snapshot is None else snapshot.queue_current,
+        "consecutive_metric_failures": failures,
+        "last_decision": None if decision is None else {
+            "current": decision.current,
+            "desired": decision.desired,
+            "reason": decision.reason,
+            "message": decision.message,
+            "at": controller.last_decision_at,
+            "age_seconds": age,
+        },
+        "load_balancer": None if lb is None else {
+            "name": lb.name, "publish": lb.publish, "metrics": f"{lb.metrics_host}:{lb.metrics_port}",
+        },
+        "warnings": warnings,
+    }

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import re
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -11,22 +12,79 @@ from apscheduler.triggers.cron import CronTrigger
 from autoscaler.config import ScheduleWindow, ServiceConfig
 from autoscaler.model import Bounds
 
-# Cron triggers fire on whole seconds; "strictly after now" is "at or after now + 1 s".
+# Cron triggers fire on whole seconds.
 _RESOLUTION = timedelta(seconds=1)
+_UTC = timezone.utc
+
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_WEEKDAY_PART = re.compile(r"(\*|[a-z0-9]+)(?:-([a-z0-9]+))?(?:/([0-9]+))?", re.ASCII)
+
+
+def _weekday_number(token: str) -> int | None:
+    if token.isdigit():
+        number = int(token)
+        return number if 0 <= number <= 7 else None
+    return _WEEKDAYS.index(token) if token in _WEEKDAYS else None
+
+
+def _crontab_weekdays(field: str) -> str:
+    """The day-of-week field spelled with names.
+
+    APScheduler 3 numbers weekdays from Monday = 0, crontab from Sunday = 0 (and 7); names mean
+    the same to both. Without this, "1-5" would run Tuesday to Saturday.
+    """
+    if not any(char.isdigit() for char in field):
+        return field  # "*", names: already unambiguous
+    days: set[int] = set()
+    for part in field.lower().split(","):
+        match = _WEEKDAY_PART.fullmatch(part)
+        if match is None:
+            return field
+        first, last, step = match.groups()
+        if first == "*":
+            if last is not None:
+                return field
+            low, high = 0, 6
+        else:
+            low_number = _weekday_number(first)
+            high_number = _weekday_number(last) if last is not None else (7 if step else low_number)
+            if low_number is None or high_number is None or low_number > high_number:
+                return field
+            low, high = low_number, high_number
+        days.update(day % 7 for day in range(low, high + 1, int(step or 1)))
+    if not days:
+        return field
+    return ",".join(_WEEKDAYS[day] for day in sorted(days))
 
 
 @lru_cache(maxsize=256)
 def _trigger(cron: str, timezone: str) -> CronTrigger:
     # Parsing a crontab costs far more than evaluating it; windows are few and never change.
-    return CronTrigger.from_crontab(cron, timezone=ZoneInfo(timezone))
+    fields = cron.split()
+    if len(fields) == 5:
+        fields[4] = _crontab_weekdays(fields[4])
+    return CronTrigger.from_crontab(" ".join(fields), timezone=ZoneInfo(timezone))
+
+
+def _first_fire_after(window: ScheduleWindow, moment: datetime) -> datetime | None:
+    """The first firing strictly after `moment`.
+
+    get_next_fire_time(None, t) is inclusive and rounds a fractional t up to the next whole
+    second, so "strictly after" is "at or after the whole second following `moment`", with or
+    without a fraction.
+    """
+    after = moment.astimezone(_UTC).replace(microsecond=0) + _RESOLUTION
+    return _trigger(window.cron, window.timezone).get_next_fire_time(None, after)
 
 
 def _last_open(window: ScheduleWindow, now: datetime) -> datetime | None:
     """The firing that opened the window still open at `now`, if any: the first firing in
     (now - duration, now]."""
-    start = now - timedelta(seconds=window.duration_seconds)
-    fire = _trigger(window.cron, window.timezone).get_next_fire_time(None, start)
-    if fire is not None and start < fire <= now:
+    # In UTC: arithmetic on a zone-aware datetime is wall-clock arithmetic, an hour off
+    # across a DST change; duration_seconds are elapsed seconds.
+    now = now.astimezone(_UTC)
+    fire = _first_fire_after(window, now - timedelta(seconds=window.duration_seconds))
+    if fire is not None and fire <= now:
         return fire
     return None
 
@@ -51,15 +109,15 @@ def bounds_at(config: ServiceConfig, now: datetime) -> Bounds:
 
 
 def next_change(config: ServiceConfig, now: datetime) -> datetime | None:
-    """When the set of open windows can next change: a window closes or one opens."""
+    """When the set of open windows can next change: a window closes or one opens (UTC)."""
     candidates = []
     for window in config.schedule:
         opened = _last_open(window, now)
         if opened is not None:
-            candidates.append(opened + timedelta(seconds=window.duration_seconds))
-        fire = _trigger(window.cron, window.timezone).get_next_fire_time(None, now + _RESOLUTION)
+            candidates.append(opened.astimezone(_UTC) + timedelta(seconds=window.duration_seconds))
+        fire = _first_fire_after(window, now)
         if fire is not None:
-            candidates.append(fire)
+            candidates.append(fire.astimezone(_UTC))
     return min(candidates, default=None)
 
 
