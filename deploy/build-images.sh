@@ -95,7 +95,34 @@ build() {
     log "built $tag ($hash)"
 }
 
+# The daemon's image: its context gets the project's wheels (built here, where PyPI is
+# reachable) and the load generator; both are generated, not committed.
+build_daemon() {
+    local repo context hash current python
+    repo=$(cd "$here/.." && pwd)
+    context="$here/autoscaler"
+    hash=$( (cd "$repo" && find pyproject.toml autoscaler deploy/loadgen.py deploy/autoscaler/Dockerfile \
+        -name '*.pyc' -prune -o -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16)
+    current=$(docker image inspect -f '{{ index .Config.Labels "autoscaler.context-hash" }}' autoscaler:latest 2>/dev/null || true)
+    if [ "$current" = "$hash" ]; then
+        log "autoscaler:latest is up to date ($hash)"
+        return
+    fi
+    python=python3
+    [ -x "$repo/.venv/bin/python" ] && python="$repo/.venv/bin/python"
+    log "building wheels of the project for autoscaler:latest"
+    rm -rf "$context/wheels"
+    # pip warns about every optional local index that is absent; keep real errors visible.
+    "$python" -m pip wheel -q --disable-pip-version-check -w "$context/wheels" "$repo" 2>&1 \
+        | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
+    cp "$repo/deploy/loadgen.py" "$context/loadgen.py"
+    log "building autoscaler:latest"
+    docker build -q --label "autoscaler.context-hash=$hash" -t autoscaler:latest "$context" >/dev/null
+    log "built autoscaler:latest ($hash)"
+}
+
 docker info >/dev/null 2>&1 || { log "the Docker engine is not reachable (is dockerd running?)"; exit 1; }
 ensure_base
 build autoscaler-haproxy:latest "$here/haproxy"
 build autoscaler-demo-app:latest "$here/demo-app"
+build_daemon

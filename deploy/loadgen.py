@@ -72,6 +72,7 @@ def main() -> int:
     parser.add_argument("--service", default="demo")
     parser.add_argument("--heavy-seconds", type=float, default=40)
     parser.add_argument("--settle-seconds", type=float, default=50)
+    parser.add_argument("--forever", action="store_true", help="repeat the phases until stopped")
     args = parser.parse_args()
 
     load = Load(args.lb)
@@ -81,6 +82,18 @@ def main() -> int:
     phases = [("idle", 0, 6.0), ("heavy: 4 clients burning CPU", 4, args.heavy_seconds),
               ("idle again", 0, args.settle_seconds)]
     started = time.monotonic()
+    while True:
+        run_phases(load, phases, started, args)
+        if not args.forever:
+            break
+    load.stop.set()
+    for t in threads:
+        t.join(30)
+    print(f"loadgen: done: {load.sent} requests sent, {load.failed} failed", flush=True)
+    return 0 if load.failed == 0 else 1
+
+
+def run_phases(load: Load, phases: list[tuple[str, int, float]], started: float, args: argparse.Namespace) -> None:
     for name, workers, seconds in phases:
         print(f"loadgen: --- {name} for {seconds:.0f}s ---", flush=True)
         load.workers = workers
@@ -96,11 +109,6 @@ def main() -> int:
                 f"| {load.sent} requests, {load.failed} failed, answered by {served} replica(s) in this phase",
                 flush=True,
             )
-    load.stop.set()
-    for t in threads:
-        t.join(30)
-    print(f"loadgen: done: {load.sent} requests sent, {load.failed} failed", flush=True)
-    return 0 if load.failed == 0 else 1
 
 
 if __name__ == "__main__":

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 
 def remove_service_objects(client, service: str) -> None:  # type: ignore[no-untyped-def]
@@ -17,3 +27,90 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class Traffic:
+    """Closed-loop clients through the load balancer, recording every outcome."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.lock = threading.Lock()
+        self.sent = 0
+        self.failures: list[str] = []
+        self.hosts: list[tuple[float, str]] = []
+        self._stops: list[threading.Event] = []
+        self._threads: list[threading.Thread] = []
+
+    def _one(self, cpu_ms: int) -> None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/work?cpu_ms={cpu_ms}", timeout=30) as r:
+                body = json.load(r)
+                ok = r.status == 200
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            with self.lock:
+                self.sent += 1
+                self.failures.append(f"{time.monotonic():.1f}: {exc!r}")
+            return
+        with self.lock:
+            self.sent += 1
+            if ok:
+                self.hosts.append((time.monotonic(), body["hostname"]))
+            else:
+                self.failures.append(f"status {r.status}")
+
+    def start(self, workers: int, cpu_ms: int, pause_seconds: float) -> threading.Event:
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                self._one(cpu_ms)
+                if pause_seconds:
+                    stop.wait(pause_seconds)
+
+        for _ in range(workers):
+            thread = threading.Thread(target=loop, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        self._stops.append(stop)
+        return stop
+
+    def stop_all(self) -> None:
+        for stop in self._stops:
+            stop.set()
+        for thread in self._threads:
+            thread.join(40)
+
+    def hosts_since(self, since: float) -> set[str]:
+        with self.lock:
+            return {host for at, host in self.hosts if at >= since}
+
+
+def status(metrics_port: int, service: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/status", timeout=5) as r:
+        return json.load(r)["services"][service]
+
+
+def wait_for(predicate, timeout_seconds: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except (urllib.error.URLError, OSError, KeyError):
+            value = None
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout_seconds}s waiting for {what}")
+
+
+def start_daemon(config: Path, log_path: Path) -> subprocess.Popen:
+    log = log_path.open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def stop_daemon(process: subprocess.Popen) -> int:
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=60)

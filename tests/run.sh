@@ -1,8 +1,23 @@
 #!/usr/bin/env bash
-# The test command: sets up what the tests need (Docker engine, venv, images), then runs pytest.
+# The test command: sets up what the tests need (Docker engine, venv, images, and Debian's
+# prometheus/promtool and docker-compose for the observability tests), then runs pytest.
 # Extra arguments go to pytest, e.g. `bash tests/run.sh tests/unit -q`.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "tests: installing ${missing[*]} (Debian packages)" >&2
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd=sudo
+    $sudo_cmd apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian's package starts a Prometheus service where it can; the tests run their own.
+pkill -x prometheus 2>/dev/null || true
+
 bash "$repo/deploy/setup.sh"
 cd "$repo"
 exec .venv/bin/python -m pytest "${@:-tests}"

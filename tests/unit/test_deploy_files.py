@@ -1,0 +1,72 @@
+"""The shipped deploy/ files are well-formed and consistent with each other."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+ALLOWED_IMAGES = re.compile(r"^(autoscaler(-haproxy|-demo-app)?:latest|prom/prometheus:v[\d.]+|grafana/grafana:[\d.]+)$")
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed: .ci/run must install it", pytrace=False)
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def test_compose_file_is_valid_for_compose_v1_and_uses_only_allowed_images() -> None:
+    result = subprocess.run(
+        [tool("docker-compose"), "-f", str(DEPLOY / "docker-compose.yml"), "config"],
+        capture_output=True, text=True, env={**os.environ, "DOCKER_GID": "999"},
+    )
+    assert result.returncode == 0, result.stderr
+    images = re.findall(r"^\s+image:\s*(\S+)", result.stdout, re.MULTILINE)
+    assert images and all(ALLOWED_IMAGES.match(i) for i in images), images
+    # Every port the stack publishes stays on the host's loopback.
+    mappings = re.findall(r'-\s*"([\w.:]+:\d+:\d+)"', (DEPLOY / "docker-compose.yml").read_text())
+    assert mappings and all(m.startswith("127.0.0.1:") for m in mappings), mappings
+
+
+def test_compose_mounts_match_the_provisioning_paths() -> None:
+    compose = (DEPLOY / "docker-compose.yml").read_text()
+    provider = (DEPLOY / "grafana" / "provisioning" / "dashboards" / "autoscaler.yml").read_text()
+    assert "./grafana/dashboards:/var/lib/grafana/dashboards" in compose
+    assert "path: /var/lib/grafana/dashboards" in provider
+    datasource = (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text()
+    assert "uid: prometheus" in datasource and "url: http://prometheus:9090" in datasource
+    assert (DEPLOY / "compose" / "autoscaler.toml").exists()
+
+
+def test_compose_daemon_config_is_valid() -> None:
+    from autoscaler.config import load_config
+
+    settings = load_config(DEPLOY / "compose" / "autoscaler.toml", environ={})
+    assert settings.daemon.load_balancer_access == "network"
+    assert settings.services["demo"].network == "autoscaler-demo"
+
+
+def test_dashboard_panels_use_the_provisioned_datasource_and_the_service_variable() -> None:
+    dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "autoscaler.json").read_text())
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    assert len(panels) >= 15
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in panels:
+        assert panel["datasource"]["uid"] == "prometheus", panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            expr = target["expr"]
+            # Per-service series must follow the selector; daemon-wide ones need not.
+            if "autoscaler_external_call" not in expr:
+                assert 'service="$service"' in expr, (panel["title"], expr)
+    assert dashboard["templating"]["list"][0]["name"] == "service"
