@@ -15,8 +15,6 @@ if [ "${#missing[@]}" -gt 0 ]; then
     $sudo_cmd apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# Debian's package starts a Prometheus service where it can; the tests run their own.
-pkill -x prometheus 2>/dev/null || true
 
 bash "$repo/deploy/setup.sh"
 cd "$repo"
