@@ -1,0 +1,111 @@
+"""Daemon wiring without Docker: config reload (SIGHUP) and the status and readiness documents."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from autoscaler.config import load_config
+from autoscaler.engine.daemon import Daemon
+from autoscaler.telemetry import Telemetry
+
+CONFIG = """
+[daemon]
+interval_seconds = 5
+
+[services.web]
+image = "autoscaler-demo-app:latest"
+port = 8000
+cpu_limit = 0.5
+memory_limit = "256MiB"
+max_replicas = {max_replicas}
+
+[services.web.load_balancer]
+publish = "127.0.0.1:8080"
+"""
+
+
+class RecordingController:
+    def __init__(self) -> None:
+        self.configs: list[object] = []
+
+    def update_config(self, config: object) -> None:
+        self.configs.append(config)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> tuple[Daemon, Path, RecordingController, CollectorRegistry]:
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG.format(max_replicas=4))
+    registry = CollectorRegistry()
+    d = Daemon(load_config(path, environ={}), config_path=path, telemetry=Telemetry(registry))
+    controller = RecordingController()
+    d.controllers = {"web": controller}  # type: ignore[dict-item]
+    return d, path, controller, registry
+
+
+def reloads(registry: CollectorRegistry, result: str) -> float:
+    return registry.get_sample_value("autoscaler_config_reloads_total", {"result": result}) or 0.0
+
+
+def test_a_valid_config_takes_effect(daemon) -> None:  # type: ignore[no-untyped-def]
+    d, path, controller, registry = daemon
+    path.write_text(CONFIG.format(max_replicas=6))
+    assert d.reload() is True
+    assert d.settings.services["web"].max_replicas == 6
+    assert [c.max_replicas for c in controller.configs] == [6]  # type: ignore[attr-defined]
+    assert reloads(registry, "success") == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        CONFIG.format(max_replicas=0),
+        CONFIG.format(max_replicas=4) + "\nbogus = 1\n",
+        "[daemon\n",
+        CONFIG.format(max_replicas=4).replace("[services.web]", "[services.api]").replace("services.web.", "services.api."),
+    ],
+    ids=["invalid-value", "unknown-key", "toml-syntax", "service-set-changed"],
+)
+def test_an_invalid_config_is_rejected_and_the_old_one_stays(daemon, text: str, caplog) -> None:  # type: ignore[no-untyped-def]
+    d, path, controller, registry = daemon
+    before = d.settings
+    path.write_text(text)
+    assert d.reload() is False
+    assert d.settings is before
+    assert controller.configs == []
+    assert reloads(registry, "failure") == 1
+    assert "config reload rejected" in caplog.text
+
+
+def test_sighup_requests_a_reload_that_the_main_loop_performs(daemon) -> None:  # type: ignore[no-untyped-def]
+    d, path, controller, _ = daemon
+    path.write_text(CONFIG.format(max_replicas=7))
+    d.handle_reload(signal.SIGHUP, None)  # the handler only sets a flag
+    assert controller.configs == []
+
+    def stop_when_reloaded() -> None:
+        while not controller.configs:
+            threading.Event().wait(0.05)
+        d.should_exit.set()
+
+    threading.Thread(target=stop_when_reloaded, daemon=True).start()
+    d.main_loop()
+    assert d.settings.services["web"].max_replicas == 7
+
+
+def test_readiness_reports_what_is_missing(daemon) -> None:  # type: ignore[no-untyped-def]
+    d, *_ = daemon
+
+    class NotYet:
+        last_decision_at = None
+
+    d.controllers = {"web": NotYet()}  # type: ignore[dict-item]
+    code, _, body = d.readiness()
+    assert code == 503
+    assert b"web: not evaluated yet" in body
+    assert b"docker: engine not reachable" in body
