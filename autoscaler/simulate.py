@@ -54,8 +54,10 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
             header = [h.strip() for h in next(reader)]
         except StopIteration:
             raise TraceError(f"{path}: line 1: empty file (expected a header with {', '.join(REQUIRED_COLUMNS)})") from None
-        except (csv.Error, UnicodeDecodeError) as exc:
+        except csv.Error as exc:
             raise TraceError(f"{path}: line 1: not CSV ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise TraceError(f"{path}: line {_undecodable_line(path)}: not UTF-8 text ({exc.reason})") from None
         repeated = sorted({c for c in header if header.count(c) > 1})
         if repeated:
             # Only one of the copies would be read; which one the author meant is unknowable.
@@ -85,7 +87,7 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
                 for name, position in index.items():
                     text = row[position]
                     try:
-                        # float() also reads "1_000"; no CSV writer means that.
+                        # float() also takes Python's "1_000"; no CSV writer means a number by it.
                         if "_" in text:
                             raise ValueError(text)
                         value = float(text)
@@ -96,10 +98,12 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
                     columns[name].append(value)
                 time_value = columns["time_seconds"][-1]
                 if time_value <= previous_time:
-                    raise TraceError(f"{path}: line {line}: time_seconds must increase ({time_value:g} after {previous_time:g})")
+                    raise TraceError(f"{path}: line {line}: time_seconds must increase ({time_value:.15g} after {previous_time:.15g})")
                 previous_time = time_value
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise TraceError(f"{path}: line {line}: not CSV ({exc})") from None
+        except csv.Error as exc:
+            raise TraceError(f"{path}: line {reader.line_num}: not CSV ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise TraceError(f"{path}: line {_undecodable_line(path)}: not UTF-8 text ({exc.reason})") from None
     if not columns["time_seconds"]:
         raise TraceError(f"{path}: line {line + 1}: no samples after the header")
     return Trace(
@@ -108,6 +112,20 @@ def read_trace(path: str | os.PathLike[str]) -> Trace:
         memory_bytes=columns.get("memory_bytes"),
         requests_per_second=columns.get("requests_per_second"),
     )
+
+
+def _undecodable_line(path: str | os.PathLike[str]) -> int:
+    """The first line that is not UTF-8. The text reader decodes ahead in blocks, so the line
+    it was on when decoding failed can be far from the bad byte (an error on line 2 of a small
+    file surfaces while the header is read)."""
+    with open(path, "rb") as handle:
+        # Splitting on b"\n" is safe: no multi-byte UTF-8 sequence contains that byte.
+        for number, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
 
 class _WindowMean:

@@ -114,3 +114,28 @@ def start_daemon(config: Path, log_path: Path) -> subprocess.Popen:
 def stop_daemon(process: subprocess.Popen) -> int:
     process.send_signal(signal.SIGTERM)
     return process.wait(timeout=60)
+
+
+def demo_config(service: str, lb_port: int, metrics_port: int, max_replicas: int, policy: str) -> str:
+    """A daemon config for the demo app on loopback ports, evaluating every second."""
+    return f"""
+[daemon]
+interval_seconds = 1
+metrics_listen = "127.0.0.1:{metrics_port}"
+
+[services.{service}]
+image = "autoscaler-demo-app:latest"
+port = 8000
+network = "autoscaler-{service}"
+cpu_limit = 0.25
+memory_limit = "128MiB"
+min_replicas = 1
+max_replicas = {max_replicas}
+stop_timeout_seconds = 5
+
+[services.{service}.load_balancer]
+publish = "127.0.0.1:{lb_port}"
+
+[services.{service}.policy]
+{policy}
+"""

@@ -7,12 +7,13 @@ sent during the whole run must succeed.
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import Traffic, free_port, start_daemon, status, stop_daemon, wait_for
+from helpers import Traffic, demo_config, free_port, start_daemon, status, stop_daemon, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -20,30 +21,12 @@ pytestmark = pytest.mark.docker
 def test_scales_out_and_back_in_with_no_failed_request(docker_client, service_name: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     lb_port, metrics_port = free_port(), free_port()
     config = tmp_path / "config.toml"
-    config.write_text(f"""
-[daemon]
-interval_seconds = 1
-metrics_listen = "127.0.0.1:{metrics_port}"
-
-[services.{service_name}]
-image = "autoscaler-demo-app:latest"
-port = 8000
-network = "autoscaler-{service_name}"
-cpu_limit = 0.25
-memory_limit = "128MiB"
-min_replicas = 1
-max_replicas = 4
-stop_timeout_seconds = 5
-
-[services.{service_name}.load_balancer]
-publish = "127.0.0.1:{lb_port}"
-
-[services.{service_name}.policy]
+    config.write_text(demo_config(service_name, lb_port, metrics_port, max_replicas=4, policy="""
 target_cpu_percent = 50
 initialization_seconds = 0
 scale_down_stabilization_seconds = 8
 drain_timeout_seconds = 10
-""")
+"""))
     log_path = tmp_path / "daemon.log"
     daemon = start_daemon(config, log_path)
     traffic = Traffic(lb_port)
@@ -62,7 +45,7 @@ drain_timeout_seconds = 10
 
         load_stopped = time.monotonic()
         wait_for(
-            lambda: status(metrics_port, service_name)["replicas"] == {"ready": 1},
+            lambda: status(metrics_port, service_name)["replicas"] == {"ready": 1, "starting": 0, "draining": 0},
             120, "back to 1 replica",
         )
         scaled_in_seconds = time.monotonic() - load_stopped
@@ -76,6 +59,16 @@ drain_timeout_seconds = 10
         time.sleep(3)
         after = {c.id for c in docker_client.containers.list(filters={"label": f"autoscaler.service={service_name}"})}
         assert after == before, "the restarted daemon adopted the same load balancer and replica"
+
+        # SIGHUP: a valid config applies at the next cycle; an invalid one is refused.
+        valid = config.read_text()
+        config.write_text(valid.replace("max_replicas = 4", "max_replicas = 2"))
+        daemon.send_signal(signal.SIGHUP)
+        wait_for(lambda: status(metrics_port, service_name)["max_replicas"] == 2, 15, "the reloaded max_replicas")
+        config.write_text(valid.replace("max_replicas = 4", "max_replicas = 0"))
+        daemon.send_signal(signal.SIGHUP)
+        wait_for(lambda: "config reload rejected" in log_path.read_text(), 15, "the bad config to be rejected")
+        assert status(metrics_port, service_name)["max_replicas"] == 2
         assert stop_daemon(daemon) == 0
     finally:
         traffic.stop_all()

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from helpers import Traffic, free_port, remove_service_objects, start_daemon, status, stop_daemon, wait_for
+from helpers import Traffic, demo_config, free_port, remove_service_objects, start_daemon, status, stop_daemon, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -75,29 +75,12 @@ def scaled_service(docker_client, tmp_path_factory) -> Iterator[dict[str, Any]]:
     tmp = tmp_path_factory.mktemp("observability")
     lb_port, metrics_port = free_port(), free_port()
     config = tmp / "config.toml"
-    config.write_text(f"""
-[daemon]
-interval_seconds = 1
-metrics_listen = "127.0.0.1:{metrics_port}"
-
-[services.{service}]
-image = "autoscaler-demo-app:latest"
-port = 8000
-network = "autoscaler-{service}"
-cpu_limit = 0.25
-memory_limit = "128MiB"
-min_replicas = 1
-max_replicas = 3
-
-[services.{service}.load_balancer]
-publish = "127.0.0.1:{lb_port}"
-
-[services.{service}.policy]
+    config.write_text(demo_config(service, lb_port, metrics_port, max_replicas=3, policy="""
 target_cpu_percent = 50
 target_memory_percent = 80
 initialization_seconds = 0
 scale_down_stabilization_seconds = 600
-""")
+"""))
     remove_service_objects(docker_client, service)
     daemon = start_daemon(config, tmp / "daemon.log")
     traffic = Traffic(lb_port)
