@@ -327,6 +327,55 @@ def _check_timezone(value: str) -> str:
     return value
 
 
+_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_WEEKDAY_PART = re.compile(r"(\*|[a-z0-9]+)(?:-([a-z0-9]+))?(?:/([0-9]+))?", re.ASCII)
+
+
+def _weekday_number(token: str) -> int | None:
+    if token.isdigit():
+        number = int(token)
+        return number if 0 <= number <= 7 else None
+    return _WEEKDAYS.index(token) if token in _WEEKDAYS else None
+
+
+def _crontab_weekdays(field: str) -> str:
+    """The day-of-week field spelled with names.
+
+    APScheduler 3 numbers weekdays from Monday = 0, crontab from Sunday = 0 (and 7); names mean
+    the same to both. Without this, "1-5" would run Tuesday to Saturday.
+    """
+    if not any(char.isdigit() for char in field):
+        return field  # "*", names: already unambiguous
+    days: set[int] = set()
+    for part in field.lower().split(","):
+        match = _WEEKDAY_PART.fullmatch(part)
+        if match is None:
+            return field
+        first, last, step = match.groups()
+        if first == "*":
+            if last is not None:
+                return field
+            low, high = 0, 6
+        else:
+            low_number = _weekday_number(first)
+            high_number = _weekday_number(last) if last is not None else (7 if step else low_number)
+            if low_number is None or high_number is None or low_number > high_number:
+                return field
+            low, high = low_number, high_number
+        days.update(day % 7 for day in range(low, high + 1, int(step or 1)))
+    if not days:
+        return field
+    return ",".join(_WEEKDAYS[day] for day in sorted(days))
+
+
+def crontab_trigger(cron: str, timezone: str) -> CronTrigger:
+    """An APScheduler trigger that fires as crontab would (weekday numbers as crontab's)."""
+    fields = cron.split()
+    if len(fields) == 5:
+        fields[4] = _crontab_weekdays(fields[4])
+    return CronTrigger.from_crontab(" ".join(fields), timezone=ZoneInfo(timezone))
+
+
 class ScheduleWindow(_Model):
     """From each ``cron`` firing, for ``duration_seconds``, override the replica bounds."""
 
@@ -344,7 +393,7 @@ class ScheduleWindow(_Model):
         # The zone does not change what parses, so the syntax check can run without it and
         # report a bad cron and a bad timezone independently.
         try:
-            CronTrigger.from_crontab(value, timezone="UTC")
+            crontab_trigger(value, "UTC")
         except (ValueError, TypeError) as exc:
             raise ValueError(f"{value!r} is not a valid 5-field crontab expression ({exc})") from None
         return value
@@ -358,7 +407,7 @@ class ScheduleWindow(_Model):
         return self
 
     def trigger(self) -> CronTrigger:
-        return CronTrigger.from_crontab(self.cron, timezone=ZoneInfo(self.timezone))
+        return crontab_trigger(self.cron, self.timezone)
 
 
 # --- policy ---------------------------------------------------------------------------------

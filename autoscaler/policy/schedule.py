@@ -2,68 +2,22 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
-from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
 
-from autoscaler.config import ScheduleWindow, ServiceConfig
+from autoscaler.config import ScheduleWindow, ServiceConfig, crontab_trigger
 from autoscaler.model import Bounds
 
 # Cron triggers fire on whole seconds.
 _RESOLUTION = timedelta(seconds=1)
 _UTC = timezone.utc
 
-_WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-_WEEKDAY_PART = re.compile(r"(\*|[a-z0-9]+)(?:-([a-z0-9]+))?(?:/([0-9]+))?", re.ASCII)
-
-
-def _weekday_number(token: str) -> int | None:
-    if token.isdigit():
-        number = int(token)
-        return number if 0 <= number <= 7 else None
-    return _WEEKDAYS.index(token) if token in _WEEKDAYS else None
-
-
-def _crontab_weekdays(field: str) -> str:
-    """The day-of-week field spelled with names.
-
-    APScheduler 3 numbers weekdays from Monday = 0, crontab from Sunday = 0 (and 7); names mean
-    the same to both. Without this, "1-5" would run Tuesday to Saturday.
-    """
-    if not any(char.isdigit() for char in field):
-        return field  # "*", names: already unambiguous
-    days: set[int] = set()
-    for part in field.lower().split(","):
-        match = _WEEKDAY_PART.fullmatch(part)
-        if match is None:
-            return field
-        first, last, step = match.groups()
-        if first == "*":
-            if last is not None:
-                return field
-            low, high = 0, 6
-        else:
-            low_number = _weekday_number(first)
-            high_number = _weekday_number(last) if last is not None else (7 if step else low_number)
-            if low_number is None or high_number is None or low_number > high_number:
-                return field
-            low, high = low_number, high_number
-        days.update(day % 7 for day in range(low, high + 1, int(step or 1)))
-    if not days:
-        return field
-    return ",".join(_WEEKDAYS[day] for day in sorted(days))
-
-
 @lru_cache(maxsize=256)
 def _trigger(cron: str, timezone: str) -> CronTrigger:
     # Parsing a crontab costs far more than evaluating it; windows are few and never change.
-    fields = cron.split()
-    if len(fields) == 5:
-        fields[4] = _crontab_weekdays(fields[4])
-    return CronTrigger.from_crontab(" ".join(fields), timezone=ZoneInfo(timezone))
+    return crontab_trigger(cron, timezone)
 
 
 def _first_fire_after(window: ScheduleWindow, moment: datetime) -> datetime | None:

@@ -47,6 +47,8 @@ def _mean(values: Iterable[float]) -> float:
 def _ceil_replicas(value: float) -> int:
     # ratio * count carries float noise (124 / 60 * 15 = 31.000000000000004); a count that is
     # whole on paper must not gain a replica from it.
+    if not math.isfinite(value):
+        return 2**31 - 1  # an absurd reading asks for "as many as allowed"; the max clamps it
     return math.ceil(round(value, 9))
 
 
