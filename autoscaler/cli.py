@@ -87,11 +87,16 @@ def _error(message: str) -> int:
     return EXIT_USAGE
 
 
-def _service(settings: Settings, name: str) -> ServiceConfig | None:
-    service = settings.services.get(name)
+def _load_service(args: argparse.Namespace) -> tuple[Settings, ServiceConfig] | None:
+    """The config and its --service, or None after saying what is wrong."""
+    settings = _load(args.config)
+    if settings is None:
+        return None
+    service = settings.services.get(args.service)
     if service is None:
-        _error(f"unknown service {name!r} (the config has: {', '.join(settings.services)})")
-    return service
+        _error(f"unknown service {args.service!r} (the config has: {', '.join(settings.services)})")
+        return None
+    return settings, service
 
 
 def _load(path: str) -> Settings | None:
@@ -134,12 +139,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_decide(args: argparse.Namespace) -> int:
     from autoscaler.decide import SnapshotError, decide, read_snapshot, render_text
 
-    settings = _load(args.config)
-    if settings is None:
+    loaded = _load_service(args)
+    if loaded is None:
         return EXIT_USAGE
-    service = _service(settings, args.service)
-    if service is None:
-        return EXIT_USAGE
+    settings, service = loaded
     try:
         snapshot = read_snapshot(args.snapshot, args.service)
     except SnapshotError as exc:
@@ -154,12 +157,10 @@ def cmd_decide(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from autoscaler.simulate import DEFAULT_START, TraceError, plot, read_trace, simulate, write_timeline
 
-    settings = _load(args.config)
-    if settings is None:
+    loaded = _load_service(args)
+    if loaded is None:
         return EXIT_USAGE
-    service = _service(settings, args.service)
-    if service is None:
-        return EXIT_USAGE
+    settings, service = loaded
     if args.plot:
         try:
             import matplotlib  # noqa: F401
