@@ -15,6 +15,7 @@ from bisect import bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import NamedTuple
 
 from autoscaler.config import PolicyConfig, ServiceConfig
 from autoscaler.model import History, ReplicaSample, ServiceSnapshot
@@ -177,9 +178,7 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
-@dataclass
-class _Replica:
-    name: str
+class _Replica(NamedTuple):
     created_at: float
     ready_at: float
 
@@ -194,6 +193,7 @@ def simulate(
 ) -> Result:
     policy, notes = policy_for_trace(service, trace)
     plan = plan_of(policy)
+    initialization_seconds = policy.initialization_seconds
     target = policy.target_cpu_percent
     cpu_limit = service.cpu_limit
     memory_limit = service.memory_limit
@@ -202,11 +202,8 @@ def simulate(
     rps_mean = _WindowMean(trace.times, trace.requests_per_second) if trace.requests_per_second else None
     schedule = ScheduledBounds(service)
 
-    counter = 0
-    replicas: list[_Replica] = []
-    for _ in range(service.min_replicas):
-        counter += 1
-        replicas.append(_Replica(f"r{counter}", -math.inf, -math.inf))  # running before the trace
+    # Oldest first; the min_replicas replicas were running before the trace began.
+    replicas = [_Replica(-math.inf, -math.inf)] * service.min_replicas
     history = History()
     summary = Summary()
     rows: list[tuple[float, float, int, int, float, str]] = []
@@ -217,8 +214,14 @@ def simulate(
     for step in range(steps):
         now = first + step * interval_seconds
         demand = cpu_mean(now - interval_seconds, now)
-        ready = [r for r in replicas if r.ready_at <= now]
-        n_ready = len(ready)
+        # Replicas are started in order, so the ones still starting are a suffix of the list,
+        # and among the ready ones those still initializing (CPU ignored) are a suffix too.
+        n_ready = len(replicas)
+        while n_ready and replicas[n_ready - 1].ready_at > now:
+            n_ready -= 1
+        n_settled = n_ready
+        while n_settled and now - replicas[n_settled - 1].created_at < initialization_seconds:
+            n_settled -= 1
         if n_ready:
             cpu = demand / (n_ready * cpu_limit) * 100.0
             mem = memory_mean(now - interval_seconds, now) / (n_ready * memory_limit) * 100.0 if memory_mean else None
@@ -226,11 +229,12 @@ def simulate(
         else:
             cpu = math.nan
             mem = rps = None
-        samples = tuple(
-            ReplicaSample(r.name, True, now - r.created_at, cpu, mem, rps)
-            if r.ready_at <= now
-            else ReplicaSample(r.name, False, now - r.created_at)
-            for r in replicas
+        # The policy counts replicas by state and reading and never looks at their names, so
+        # replicas alike share one sample: three kinds at most, whatever the count.
+        samples = (
+            (ReplicaSample("ready", True, math.inf, cpu, mem, rps),) * n_settled
+            + (ReplicaSample("initializing", True, 0.0, cpu, mem, rps),) * (n_ready - n_settled)
+            + (ReplicaSample("starting", False, 0.0),) * (len(replicas) - n_ready)
         )
         bounds = schedule.at(start + timedelta(seconds=now))
         decision, history = evaluate(
@@ -238,9 +242,7 @@ def simulate(
         )
         current, desired = decision.current, decision.desired
         if desired > current:
-            for _ in range(desired - current):
-                counter += 1
-                replicas.append(_Replica(f"r{counter}", now, now + startup_seconds))
+            replicas.extend([_Replica(now, now + startup_seconds)] * (desired - current))
             summary.scale_ups += 1
         elif desired < current:
             # Newest first: replicas still starting go before ones that serve.
