@@ -282,5 +282,7 @@ class MetricsServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        # shutdown() waits for serve_forever() to return: it would hang if that never started.
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()

@@ -148,6 +148,9 @@ class DockerBackend:
                 return fn(*args, **kwargs)
             except docker.errors.NotFound:
                 raise
+            except docker.errors.APIError as exc:
+                # The engine's own sentence, without the request URL around it.
+                raise BackendError(operation, service, str(exc.explanation or exc)) from exc
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
                 raise BackendError(operation, service, str(exc)) from exc
 

@@ -59,7 +59,6 @@ class Daemon:
         self.metrics_server: MetricsServer | None = None
         self.should_exit = threading.Event()
         self.reload_requested = threading.Event()
-        self._force_exit = False
 
     # --- startup --------------------------------------------------------------------------
 
@@ -237,8 +236,7 @@ class Daemon:
 
     def handle_exit(self, signum: int, frame: FrameType | None) -> None:
         if self.should_exit.is_set() and signum == signal.SIGINT:
-            self._force_exit = True
-            os._exit(1)
+            os._exit(1)  # a second Ctrl-C: the user does not want to wait for the step to end
         self.should_exit.set()
 
     def handle_reload(self, signum: int, frame: FrameType | None) -> None:
