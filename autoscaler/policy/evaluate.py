@@ -175,7 +175,6 @@ def evaluate(
             f"metrics failed {failures} cycles in a row ({cause}): holding {current}",
             proposals=tuple(proposals),
         ), history
-    history = History(history.recommendations, history.scale_up_events, history.scale_down_events, 0)
 
     winner = max(valid, key=lambda p: p.proposal or 0)
     recommendation = winner.proposal or 0
@@ -195,7 +194,7 @@ def evaluate(
         history.recommendations + (TimedValue(now, recommendation),),
         history.scale_up_events,
         history.scale_down_events,
-        0,
+        0,  # metrics answered: the failure streak ends
     )
     limited = limit_rate(
         stabilized, current, bounds.min_replicas, bounds.max_replicas, up, down,
@@ -208,13 +207,11 @@ def evaluate(
         note = f"{limited.message}{bounds_note if 'replicas' in reason else ''}"
         message = f"{why} -> {current} -> {desired} (wanted {stabilized}, {note})"
     elif stabilized != recommendation:
-        reason = "scale_down_stabilized" if stabilized > recommendation else "scale_up_stabilized"
-        window = down if stabilized > recommendation else up
+        held_up = stabilized > recommendation
+        reason = "scale_down_stabilized" if held_up else "scale_up_stabilized"
+        window, which = (down, "highest") if held_up else (up, "lowest")
         message = (
-            f"{why} -> {current} -> {desired} (wanted {recommendation}, highest recommendation "
-            f"of the last {window.stabilization_seconds:g}s is {stabilized})"
-            if stabilized > recommendation
-            else f"{why} -> {current} -> {desired} (wanted {recommendation}, lowest recommendation "
+            f"{why} -> {current} -> {desired} (wanted {recommendation}, {which} recommendation "
             f"of the last {window.stabilization_seconds:g}s is {stabilized})"
         )
     elif held_for_missing:
