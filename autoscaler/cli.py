@@ -142,7 +142,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
     loaded = _load_service(args)
     if loaded is None:
         return EXIT_USAGE
-    settings, service = loaded
+    _, service = loaded
     try:
         snapshot = read_snapshot(args.snapshot, args.service)
     except SnapshotError as exc:
