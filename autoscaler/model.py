@@ -120,25 +120,30 @@ class History(NamedTuple):
     consecutive_failures: int = 0
 
     def pruned(self, now: float, keep_seconds: float) -> History:
-        """Drops entries older than keep_seconds. Entries are in time order, so only a prefix
-        can be stale; in the common case nothing is copied."""
+        """Drops entries older than keep_seconds, lazily: only once some entry is twice that
+        old, so that most cycles copy nothing. Every reader filters by time, so entries kept a
+        little longer change no result; memory stays bounded by twice the window."""
+        lazy_cutoff = now - 2 * keep_seconds
+        if all(not entries or entries[0].at_seconds > lazy_cutoff for entries in self[:3]):
+            return self
         cutoff = now - keep_seconds
 
         def fresh(entries: tuple[TimedValue, ...]) -> tuple[TimedValue, ...]:
+            # Entries are in time order: only a prefix can be stale.
             if not entries or entries[0].at_seconds > cutoff:
                 return entries
-            return entries[bisect_right(entries, cutoff, key=lambda e: e.at_seconds):]
+            return entries[bisect_right(entries, cutoff, key=_at_seconds):]
 
-        recommendations = fresh(self.recommendations)
-        up = fresh(self.scale_up_events)
-        down = fresh(self.scale_down_events)
-        if (
-            recommendations is self.recommendations
-            and up is self.scale_up_events
-            and down is self.scale_down_events
-        ):
-            return self
-        return History(recommendations, up, down, self.consecutive_failures)
+        return History(
+            fresh(self.recommendations),
+            fresh(self.scale_up_events),
+            fresh(self.scale_down_events),
+            self.consecutive_failures,
+        )
+
+
+def _at_seconds(entry: TimedValue) -> float:
+    return entry.at_seconds
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import math
 import os
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
@@ -201,6 +201,7 @@ def simulate(
     memory_mean = _WindowMean(trace.times, trace.memory_bytes) if trace.memory_bytes else None
     rps_mean = _WindowMean(trace.times, trace.requests_per_second) if trace.requests_per_second else None
     schedule = ScheduledBounds(service)
+    start_seconds = start.timestamp()
 
     # Oldest first; the min_replicas replicas were running before the trace began.
     replicas = [_Replica(-math.inf, -math.inf)] * service.min_replicas
@@ -236,7 +237,7 @@ def simulate(
             + (ReplicaSample("initializing", True, 0.0, cpu, mem, rps),) * (n_ready - n_settled)
             + (ReplicaSample("starting", False, 0.0),) * (len(replicas) - n_ready)
         )
-        bounds = schedule.at(start + timedelta(seconds=now))
+        bounds = schedule.at_timestamp(start_seconds + now)
         decision, history = evaluate(
             ServiceSnapshot(service_name, samples), plan, bounds, history, now
         )

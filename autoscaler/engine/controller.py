@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Protocol
 
 from autoscaler.config import ServiceConfig
@@ -385,7 +384,7 @@ class ServiceController:
         return self._history.consecutive_failures
 
     def bounds(self) -> Bounds:
-        return self._schedule.at(datetime.fromtimestamp(self._wall_clock(), timezone.utc))
+        return self._schedule.at_timestamp(self._wall_clock())
 
     def run_cycle(self) -> Decision:
         start = self._clock()

@@ -63,10 +63,15 @@ def stabilize_recommendation(
     """
     # Recommendations are in time order, so each window is a suffix: find it by bisection and
     # take min/max at C speed (this runs once per cycle of every simulated step).
-    up_start = bisect_right(recommendations, now - up_window_seconds, key=_at_seconds)
-    down_start = bisect_right(recommendations, now - down_window_seconds, key=_at_seconds)
-    up_recommendation = min(desired, min(map(_value, recommendations[up_start:]), default=desired))
-    down_recommendation = max(desired, max(map(_value, recommendations[down_start:]), default=desired))
+    up_recommendation = down_recommendation = desired
+    if recommendations:
+        newest = recommendations[-1].at_seconds
+        if newest > now - up_window_seconds:  # else the window is empty (the default: 0 s)
+            start = bisect_right(recommendations, now - up_window_seconds, key=_at_seconds)
+            up_recommendation = min(desired, min(map(_value, recommendations[start:]), default=desired))
+        if newest > now - down_window_seconds:
+            start = bisect_right(recommendations, now - down_window_seconds, key=_at_seconds)
+            down_recommendation = max(desired, max(map(_value, recommendations[start:]), default=desired))
     stabilized = current
     if stabilized < up_recommendation:
         stabilized = up_recommendation

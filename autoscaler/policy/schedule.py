@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
@@ -76,19 +78,29 @@ def next_change(config: ServiceConfig, now: datetime) -> datetime | None:
 
 
 class ScheduledBounds:
-    """bounds_at with a memory of how long its answer holds, for callers that ask every step."""
+    """bounds_at with a memory of how long its answer holds, for callers that ask every step.
+
+    Times are kept as epoch seconds: comparing floats is what every step pays, building a
+    datetime only what a change of bounds pays.
+    """
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
-        self._cached: tuple[datetime, datetime | None, Bounds] | None = None
+        self._fixed = None if config.schedule else Bounds(config.min_replicas, config.max_replicas)
+        self._cached: tuple[float, float, Bounds] | None = None
 
     def at(self, now: datetime) -> Bounds:
-        if not self.config.schedule:
-            return Bounds(self.config.min_replicas, self.config.max_replicas)
+        return self.at_timestamp(now.timestamp())
+
+    def at_timestamp(self, now_seconds: float) -> Bounds:
+        if self._fixed is not None:
+            return self._fixed
         if self._cached is not None:
             since, until, bounds = self._cached
-            if since <= now and (until is None or now < until):
+            if since <= now_seconds < until:
                 return bounds
+        now = datetime.fromtimestamp(now_seconds, _UTC)
         bounds = bounds_at(self.config, now)
-        self._cached = (now, next_change(self.config, now), bounds)
+        change = next_change(self.config, now)
+        self._cached = (now_seconds, math.inf if change is None else change.timestamp(), bounds)
         return bounds
