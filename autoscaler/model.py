@@ -124,7 +124,12 @@ class History(NamedTuple):
         old, so that most cycles copy nothing. Every reader filters by time, so entries kept a
         little longer change no result; memory stays bounded by twice the window."""
         lazy_cutoff = now - 2 * keep_seconds
-        if all(not entries or entries[0].at_seconds > lazy_cutoff for entries in self[:3]):
+        recommendations, up, down = self.recommendations, self.scale_up_events, self.scale_down_events
+        if (
+            (not recommendations or recommendations[0].at_seconds > lazy_cutoff)
+            and (not up or up[0].at_seconds > lazy_cutoff)
+            and (not down or down[0].at_seconds > lazy_cutoff)
+        ):
             return self
         cutoff = now - keep_seconds
 

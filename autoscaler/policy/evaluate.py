@@ -66,6 +66,7 @@ class PolicyPlan:
     steps: tuple[Step, ...]
     tolerance: Tolerance
     history_span_seconds: float
+    step_strategy: bool
 
 
 def plan_of(policy: PolicyConfig) -> PolicyPlan:
@@ -79,6 +80,7 @@ def plan_of(policy: PolicyConfig) -> PolicyPlan:
         steps=tuple(steps_of(policy)),
         tolerance=Tolerance(policy.effective_tolerance_up, policy.effective_tolerance_down),
         history_span_seconds=history_span_seconds(up, down),
+        step_strategy=policy.strategy == "step",
     )
 
 
@@ -101,7 +103,7 @@ def proposals_for(
 ) -> list[MetricProposal]:
     plan = policy if isinstance(policy, PolicyPlan) else _cached_plan(policy)
     policy = plan.config
-    if policy.strategy == "step":
+    if plan.step_strategy:
         values = {
             metric: (
                 snapshot.queue_current
@@ -136,28 +138,27 @@ def evaluate(
     current = snapshot.current_replicas
     up, down = plan.up, plan.down
     history = history.pruned(now, plan.history_span_seconds)
-    bounded = bounds.source != "config"
-    bounds_note = f" ({bounds.source})" if bounded else ""
-
-    def decision(desired: int, reason: str, message: str, **kw: object) -> Decision:
-        return Decision(snapshot.service, current, desired, reason, message, **kw)  # type: ignore[arg-type]
+    service = snapshot.service
+    bounds_note = "" if bounds.source == "config" else f" ({bounds.source})"
 
     # Out of bounds is corrected before anything else, metrics or not (the HPA does the same):
     # a replica that died is replaced, a lowered max is honoured at once.
     if current > bounds.max_replicas:
-        return decision(
-            bounds.max_replicas, "above_max",
+        return Decision(
+            service, current, bounds.max_replicas, "above_max",
             f"{current} replicas > max {bounds.max_replicas}{bounds_note} -> {current} -> {bounds.max_replicas}",
         ), history
     if current < bounds.min_replicas:
-        return decision(
-            bounds.min_replicas, "below_min",
+        return Decision(
+            service, current, bounds.min_replicas, "below_min",
             f"{current} replicas < min {bounds.min_replicas}{bounds_note} -> {current} -> {bounds.min_replicas}",
         ), history
 
     proposals = [] if snapshot.metrics_error else proposals_for(snapshot, plan, current)
-    valid = [p for p in proposals if p.proposal is not None]
-    invalid = [p for p in proposals if p.proposal is None]
+    valid = []
+    invalid = []
+    for proposal in proposals:
+        (invalid if proposal.proposal is None else valid).append(proposal)
 
     if not valid:
         failures = history.consecutive_failures + 1
@@ -165,18 +166,22 @@ def evaluate(
         cause = snapshot.metrics_error or "; ".join(p.message for p in invalid) or "no metrics"
         if policy.fallback_replicas is not None and failures >= policy.failure_threshold:
             target = clamp(policy.fallback_replicas, bounds.min_replicas, bounds.max_replicas)
-            return decision(
-                target, "fallback",
+            return Decision(
+                service, current, target, "fallback",
                 f"metrics failed {failures} cycles in a row ({cause}): fallback -> {current} -> {target}",
                 proposals=tuple(proposals),
             ), history
-        return decision(
-            current, "metrics_unavailable",
+        return Decision(
+            service, current, current, "metrics_unavailable",
             f"metrics failed {failures} cycles in a row ({cause}): holding {current}",
             proposals=tuple(proposals),
         ), history
 
-    winner = max(valid, key=lambda p: p.proposal or 0)
+    # The largest proposal wins (the first of equals, as max() would pick).
+    winner = valid[0]
+    for proposal in valid[1:]:
+        if proposal.proposal > winner.proposal:  # type: ignore[operator]
+            winner = proposal
     recommendation = winner.proposal or 0
     why = winner.message
     held_for_missing = False
@@ -226,9 +231,7 @@ def evaluate(
     else:
         reason = "within_tolerance" if "within tolerance" in why else "hold"
         message = f"{why} -> {current} -> {desired}"
-    return decision(
-        desired, reason, message, proposals=tuple(proposals), recommendation=recommendation
-    ), history
+    return Decision(service, current, desired, reason, message, tuple(proposals), recommendation), history
 
 
 def record_scale(history: History, now: float, current: int, desired: int) -> History:

@@ -94,9 +94,10 @@ def target_tracking(
     compare = ">" if ratio > 1 else "<" if ratio < 1 else "="
     head = f"{label} {utilization:.4g}{unit} {compare} target {target:.4g}{unit}"
 
+    low, high = 1.0 - tolerance.down, 1.0 + tolerance.up
     scale_up_with_unready = unready > 0 and ratio > 1.0
     if not scale_up_with_unready and not missing:
-        if tolerance.within(ratio):
+        if low <= ratio <= high:
             return MetricProposal(
                 metric, utilization, target, current_replicas, f"{head}: within tolerance"
             )
@@ -126,7 +127,7 @@ def target_tracking(
     new_ratio = new_utilization / target
     detail = f"{head} ({', '.join(notes)}: {new_utilization:.4g}{unit})"
     if (
-        tolerance.within(new_ratio)
+        low <= new_ratio <= high
         or (ratio < 1.0 < new_ratio)
         or (ratio > 1.0 > new_ratio)
     ):
