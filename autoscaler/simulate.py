@@ -229,6 +229,9 @@ class Result:
     notes: list[str] = field(default_factory=list)
 
 
+STARTING = ReplicaSample("starting", False, 0.0)
+
+
 class _Replica(NamedTuple):
     created_at: float
     ready_at: float
@@ -254,7 +257,9 @@ def simulate(
     # Oldest first; the min_replicas replicas were running before the trace began.
     replicas = [_Replica(-math.inf, -math.inf)] * service.min_replicas
     history = History()
-    summary = Summary()
+    # Plain locals, not Summary attributes, in the loop: this runs once per simulated step.
+    replica_steps = steps_above_target = scale_ups = scale_downs = 0
+    peak = 0.0
     rows: list[tuple[float, float, int, int, float, str]] = []
     first, last = trace.times[0], trace.times[-1]
     # Rounded first: 0.3 / 0.1 is 2.9999999999999996, which would drop the last sample's step.
@@ -285,11 +290,11 @@ def simulate(
             mem = rps = None
         # The policy counts replicas by state and reading and never looks at their names, so
         # replicas alike share one sample: three kinds at most, whatever the count.
-        samples = (
-            (ReplicaSample("ready", True, math.inf, cpu, mem, rps),) * n_settled
-            + (ReplicaSample("initializing", True, 0.0, cpu, mem, rps),) * (n_ready - n_settled)
-            + (ReplicaSample("starting", False, 0.0),) * (len(replicas) - n_ready)
-        )
+        samples = (ReplicaSample("ready", True, math.inf, cpu, mem, rps),) * n_settled
+        if n_settled < n_ready:
+            samples += (ReplicaSample("initializing", True, 0.0, cpu, mem, rps),) * (n_ready - n_settled)
+        if n_ready < len(replicas):
+            samples += (STARTING,) * (len(replicas) - n_ready)
         bounds = schedule.at_timestamp(start_seconds + now)
         decision, history = evaluate(
             ServiceSnapshot(service_name, samples), plan, bounds, history, now
@@ -297,24 +302,32 @@ def simulate(
         current, desired = decision.current, decision.desired
         if desired > current:
             replicas.extend([_Replica(now, now + startup_seconds)] * (desired - current))
-            summary.scale_ups += 1
+            scale_ups += 1
+            history = record_scale(history, now, current, desired)
         elif desired < current:
             # Newest first: replicas still starting go before ones that serve.
             del replicas[desired:]
-            summary.scale_downs += 1
-        if desired != current:
+            scale_downs += 1
             history = record_scale(history, now, current, desired)
 
-        summary.replica_seconds += len(replicas) * interval_seconds
+        replica_steps += len(replicas)
         if n_ready:
             if cpu > target:
-                summary.seconds_above_target += interval_seconds
-            summary.peak_utilization_percent = max(summary.peak_utilization_percent, cpu)
+                steps_above_target += 1
+            if cpu > peak:
+                peak = cpu
         rows.append((now, demand, n_ready, desired, cpu, decision.reason))
 
-    summary.reasons = dict(Counter(row[5] for row in rows))
-    summary.steps = steps
-    summary.simulated_seconds = steps * interval_seconds
+    summary = Summary(
+        steps=steps,
+        simulated_seconds=steps * interval_seconds,
+        replica_seconds=replica_steps * interval_seconds,
+        seconds_above_target=steps_above_target * interval_seconds,
+        peak_utilization_percent=peak,
+        scale_ups=scale_ups,
+        scale_downs=scale_downs,
+        reasons=dict(Counter(row[5] for row in rows)),
+    )
     return Result(rows, summary, notes)
 
 
