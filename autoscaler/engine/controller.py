@@ -403,10 +403,10 @@ class ServiceController:
         now = self._clock()
         bounds = self.bounds()
         decision, self._history = evaluate(snapshot, self.config.policy, bounds, self._history, now)
-        self.last_decision = decision
+        previous, self.last_decision = self.last_decision, decision
         self.last_decision_at = self._wall_clock()
         self.last_snapshot = snapshot
-        self._log_decision(decision)
+        self._log_decision(decision, previous)
         self._telemetry.record_evaluation(
             decision, snapshot, bounds, self.config.policy, self._history.consecutive_failures, self.dry_run
         )
@@ -422,8 +422,11 @@ class ServiceController:
         self._telemetry.loop_duration.labels(self.name).observe(self._clock() - start)
         return decision
 
-    def _log_decision(self, decision: Decision) -> None:
-        level = logging.INFO if decision.desired != decision.current else logging.DEBUG
+    def _log_decision(self, decision: Decision, previous: Decision | None) -> None:
+        # Every change and every new reason is logged at info; the same "no change" again and
+        # again (one per interval) only at debug, so the log reads as a history of decisions.
+        repeated = previous is not None and previous.reason == decision.reason
+        level = logging.DEBUG if decision.desired == decision.current and repeated else logging.INFO
         if decision.reason in ("metrics_unavailable", "fallback"):
             level = logging.WARNING
         prefix = "[dry run] " if self.dry_run else ""

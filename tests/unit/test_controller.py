@@ -8,6 +8,7 @@ delete_server removes it. The fake sleep advances the fake clocks, so nothing re
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Iterator
@@ -837,3 +838,19 @@ def test_no_stats_at_all_is_a_metrics_failure(world: World) -> None:
     assert (decision.desired, decision.reason) == (2, "metrics_unavailable")
     assert "no stats from the Docker engine" in decision.message
     assert not world.calls.ops() & CHANGES
+
+
+def test_each_change_and_each_new_reason_is_logged_at_info(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    world.adopt(A)
+    controller = world.controller(min_replicas=2)
+    caplog.set_level(logging.DEBUG, logger="autoscaler.engine")
+    for _ in range(4):
+        controller.run_cycle()
+        world.clock.advance(5)
+    decisions = [r for r in caplog.records if getattr(r, "reason", None)]
+    assert len(decisions) == 4
+    assert (decisions[0].reason, decisions[0].levelname) == ("below_min", "INFO")  # type: ignore[attr-defined]
+    for before, record in zip(decisions, decisions[1:]):
+        changed = record.desired != record.current or record.reason != before.reason  # type: ignore[attr-defined]
+        assert record.levelname == ("INFO" if changed else "DEBUG"), (before.reason, record.reason)  # type: ignore[attr-defined]
+    assert any(r.levelname == "DEBUG" for r in decisions), "a repeated no-change decision"
