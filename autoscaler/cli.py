@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import math
@@ -161,11 +162,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if loaded is None:
         return EXIT_USAGE
     settings, service = loaded
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            return _error("--plot needs matplotlib: pip install 'autoscaler[plot]'")
+    # Checked before the replay, so a missing plotter does not cost a long run first.
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        return _error("--plot needs matplotlib: pip install 'autoscaler[plot]'")
     try:
         trace = read_trace(args.trace)
     except TraceError as exc:

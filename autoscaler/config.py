@@ -406,9 +406,6 @@ class ScheduleWindow(_Model):
             _raise_problems([(("max_replicas",), f"must be >= min_replicas ({self.min_replicas})")])
         return self
 
-    def trigger(self) -> CronTrigger:
-        return crontab_trigger(self.cron, self.timezone)
-
 
 # --- policy ---------------------------------------------------------------------------------
 

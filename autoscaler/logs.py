@@ -11,9 +11,6 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
-FIELDS = ("service", "replica", "current", "desired", "reason", "dry_run")
-
-
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S")

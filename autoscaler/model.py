@@ -68,10 +68,6 @@ class ServiceSnapshot(NamedTuple):
     def current_replicas(self) -> int:
         return len(self.replicas)
 
-    @property
-    def ready_replicas(self) -> int:
-        return sum(1 for r in self.replicas if r.ready)
-
 
 class MetricProposal(NamedTuple):
     """What one metric asks for, and why."""

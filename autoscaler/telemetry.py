@@ -27,7 +27,8 @@ from prometheus_client import (
 
 from autoscaler import __version__
 from autoscaler.config import PolicyConfig
-from autoscaler.model import Bounds, Decision, ServiceSnapshot
+from autoscaler.model import Bounds, Decision, Metric, ServiceSnapshot
+from autoscaler.policy.target import pooled_value
 
 REPLICA_STATES = ("ready", "starting", "draining")
 NAN = float("nan")
@@ -36,10 +37,6 @@ NAN = float("nan")
 def _or_nan(value: float | None) -> float:
     # NaN, not 0: a missing reading must not look like an idle service on a dashboard.
     return NAN if value is None else value
-
-
-def _mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
 
 
 class Telemetry:
@@ -170,11 +167,8 @@ class Telemetry:
             self.dry_run_desired.labels(service).set(decision.desired)
         self.min_replicas.labels(service).set(bounds.min_replicas)
         self.max_replicas.labels(service).set(bounds.max_replicas)
-        ready = [r for r in snapshot.replicas if r.ready]
-        self.service_cpu_percent.labels(service).set(_or_nan(_mean([r.cpu_percent for r in ready if r.cpu_percent is not None])))
-        self.service_memory_percent.labels(service).set(
-            _or_nan(_mean([r.memory_percent for r in ready if r.memory_percent is not None]))
-        )
+        self.service_cpu_percent.labels(service).set(_or_nan(pooled_value(Metric.CPU, snapshot.replicas)))
+        self.service_memory_percent.labels(service).set(_or_nan(pooled_value(Metric.MEMORY, snapshot.replicas)))
         for gauge, target, scale in (
             (self.target_cpu_percent, policy.target_cpu_percent, 1.0),
             (self.target_memory_percent, policy.target_memory_percent, 1.0),

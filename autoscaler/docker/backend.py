@@ -283,16 +283,6 @@ class DockerBackend:
             publish=info["Config"]["Labels"].get(LABEL_PUBLISH, ""),
         )
 
-    def wait_load_balancer_running(self, service: str, container_id: str, timeout_seconds: float = 10) -> None:
-        deadline = time.monotonic() + timeout_seconds
-        while True:
-            info = self._call("container_inspect", service, self._client.api.inspect_container, container_id)
-            if info["State"]["Running"]:
-                return
-            if time.monotonic() > deadline:
-                raise BackendError("container_start", service, "load balancer did not start")
-            time.sleep(0.1)
-
     # --- replicas -------------------------------------------------------------------------
 
     def list_replicas(self, service: str, network: str) -> list[Replica]:

@@ -450,7 +450,7 @@ class ServiceController:
     def scale_out(self, count: int) -> list[Replica]:
         """Starts `count` replicas side by side, registers them, and waits until they serve."""
         spec = self.replica_spec()
-        started = [r for r in self._pool.map(lambda _: self._backend.start_replica(spec), range(count))]
+        started = list(self._pool.map(lambda _: self._backend.start_replica(spec), range(count)))
         for replica in started:
             log.info("started replica %s", replica.name, extra=self._extra(replica=replica.name))
             self._register(replica)

@@ -35,9 +35,6 @@ class Tolerance:
     up: float = 0.1
     down: float = 0.1
 
-    def within(self, ratio: float) -> bool:
-        return 1.0 - self.down <= ratio <= 1.0 + self.up
-
 
 def _mean(values: Iterable[float]) -> float:
     values = list(values)
