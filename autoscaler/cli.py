@@ -75,12 +75,21 @@ def _non_negative(text: str) -> float:
     return value
 
 
+# --at and --start: schedules look a window's length (up to 31 days) around these times, and a
+# replay runs up to 317 years from --start; all of it must stay inside datetime's years 1-9999.
+EARLIEST_TIME = datetime(1970, 1, 1, tzinfo=timezone.utc)
+LATEST_TIME = datetime(9000, 1, 1, tzinfo=timezone.utc)
+
+
 def _timestamp(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 time (e.g. 2026-11-30T09:00:00+00:00)") from None
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if not EARLIEST_TIME <= value <= LATEST_TIME:
+        raise argparse.ArgumentTypeError(f"{text!r} must be between 1970-01-01 and 9000-01-01")
+    return value
 
 
 def _error(message: str) -> int:
@@ -170,7 +179,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     except TraceError as exc:
         return _error(str(exc))
     interval = settings.daemon.interval_seconds
-    result = simulate(trace, args.service, service, interval, args.startup_seconds, args.start or DEFAULT_START)
+    try:
+        result = simulate(trace, args.service, service, interval, args.startup_seconds, args.start or DEFAULT_START)
+    except TraceError as exc:  # a replay too long to run, refused before it allocates
+        return _error(f"{args.trace}: {exc}")
     s = result.summary
     print(
         # ",.15g": "g" alone turns a two-week trace into "1.2096e+06 s".

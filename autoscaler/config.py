@@ -13,16 +13,27 @@ import ipaddress
 import os
 import re
 import tomllib
+import types
 from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.triggers.cron import CronTrigger
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
@@ -39,6 +50,8 @@ __all__ = [
     "DEFAULT_SCALE_DOWN",
     "DEFAULT_SCALE_UP",
     "LoadBalancerConfig",
+    "MAX_METRIC_VALUE",
+    "MAX_REPLICAS",
     "PolicyConfig",
     "ScalingBehavior",
     "ScalingRule",
@@ -46,6 +59,7 @@ __all__ = [
     "ServiceConfig",
     "Settings",
     "StepRule",
+    "check_image_reference",
     "load_config",
     "parse_host_port",
     "parse_size",
@@ -58,6 +72,59 @@ class ConfigError(Exception):
     def __init__(self, messages: list[str] | str) -> None:
         self.messages: list[str] = [messages] if isinstance(messages, str) else list(messages)
         super().__init__("\n".join(self.messages))
+
+
+# --- bounds ---------------------------------------------------------------------------------
+# Every number the daemon acts on has a range. A value outside it is a typo or a unit mistake
+# (milliseconds for seconds, bytes for MiB), and `validate` names it instead of `run` failing
+# half-way through creating containers, or the daemon scheduling absurd work.
+
+# Per service. Far beyond what one engine runs behind one HAProxy, and it bounds the work of a
+# cycle (one stats call and a few HAProxy commands per replica) and of `decide` and `simulate`.
+MAX_REPLICAS = 1000
+# Below this a cycle (stats of every replica, HAProxy's state) cannot finish before the next.
+MIN_INTERVAL_SECONDS = 0.1
+# An autoscaler that looks less than once an hour does not scale anything.
+MAX_INTERVAL_SECONDS = 3600.0
+# Stop grace, start-up, drain and initialization: a replica stuck for an hour is broken.
+MAX_TIMEOUT_SECONDS = 3600
+# Docker refuses NanoCpus below 0.01 cores; 1024 cores is more than any single host has.
+MIN_CPU_LIMIT_CORES = 0.01
+MAX_CPU_LIMIT_CORES = 1024.0
+# Docker: "Minimum memory limit allowed is 6MB" (6 MiB); 64 TiB is more than any host has.
+MIN_MEMORY_LIMIT_BYTES = 6 * 1024**2
+MAX_MEMORY_LIMIT_BYTES = 64 * 1024**4
+# Failed metric cycles before the fallback: 10,000 x 5 s is already about 14 hours.
+MAX_FAILURE_THRESHOLD = 10_000
+# A schedule window open longer than a month would be the service's own bounds.
+MAX_WINDOW_SECONDS = 31 * 86_400
+# A percent rule or step of +10,000 % (x101 per period) is already no limit at all.
+MAX_PERCENT_CHANGE = 10_000
+# Requests per second, response times in ms, step thresholds: far above any real reading, low
+# enough that sums and ratios of readings stay finite floats (decide uses it for readings too).
+MAX_METRIC_VALUE = 1e9
+# The HPA accepts any tolerance >= 0; past 1000 (act only beyond 1001x the target) it is a typo.
+MAX_TOLERANCE = 1000.0
+# SIGTERM gives up on the step in progress after this; init systems kill at 90 s by default.
+MAX_SHUTDOWN_TIMEOUT_SECONDS = 300.0
+# Restart backoff of a failing replica: the first delay, and the cap of a day.
+MAX_BACKOFF_INITIAL_SECONDS = 3600.0
+MAX_BACKOFF_SECONDS = 86_400.0
+# A config of a hundred services is about 100 KiB; anything near this is not a config.
+MAX_CONFIG_BYTES = 1024**2
+# AF_UNIX socket paths hold at most 107 bytes. Each load balancer's socket is
+# "<dir>/autoscaler-<service>-lb.sock", up to 61 bytes after the directory with a service name
+# of 41 characters, which leaves 46 for the directory.
+MAX_ADMIN_SOCKET_DIR_BYTES = 46
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """repr() for a message: cut short, and safe for ints too long for str() (> 4300 digits)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        return "a number with more than 4300 digits" if isinstance(value, int) else f"a {type(value).__name__}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --- scalar parsers -------------------------------------------------------------------------
@@ -80,6 +147,8 @@ _SIZE_MULTIPLIERS: dict[str, int] = {
     "gb": 1000**3,
     "tb": 1000**4,
 }
+# 30 digits of bytes is 10^30 B; past this the number is noise, not a size.
+_MAX_SIZE_DIGITS = 30
 _SIZE_RE = re.compile(r"(-?)(\d+(?:\.\d+)?|\.\d+)\s*([a-z]*)", re.IGNORECASE | re.ASCII)
 _SIZE_HELP = (
     "use e.g. 256MiB, 1GiB, 512m); accepted units: B, KiB/MiB/GiB/TiB and k/m/g/t "
@@ -97,8 +166,10 @@ def parse_size(text: str | int) -> int:
         return text
     match = _SIZE_RE.fullmatch(text.strip())
     if match is None or match.group(3).lower() not in _SIZE_MULTIPLIERS:
-        raise ValueError(f"{text!r} is not a valid size ({_SIZE_HELP}")
+        raise ValueError(f"{_shown(text)} is not a valid size ({_SIZE_HELP}")
     sign, number, unit = match.groups()
+    if len(number) > _MAX_SIZE_DIGITS:
+        raise ValueError(f"{_shown(text)} is not a valid size: far too large")
     # Decimal keeps "1.5GiB" exact; a fraction of a byte is dropped, as Docker does.
     size = int(Decimal(number) * _SIZE_MULTIPLIERS[unit.lower()])
     if sign or size <= 0:
@@ -157,6 +228,48 @@ def _check_host_port(value: str) -> str:
 HostPort = Annotated[str, AfterValidator(_check_host_port)]
 
 
+# Docker's reference grammar (github.com/distribution/reference, regexp.go):
+#   reference := name [":" tag] ["@" digest];  name := [domain "/"] path-component ["/" path-component]*
+# The path is lowercase; the domain (registry host[:port]) may not be.
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+# The digest algorithms registered in opencontainers/go-digest, each with its hex length.
+_DIGEST = r"sha256:[a-f0-9]{64}|sha384:[a-f0-9]{96}|sha512:[a-f0-9]{128}"
+_IMAGE_RE = re.compile(
+    rf"(?P<name>(?:{_DOMAIN}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    rf"(?::(?P<tag>[\w][\w.-]{{0,127}}))?(?:@(?P<digest>{_DIGEST}))?",
+    re.ASCII,
+)
+_IMAGE_NAME_MAX = 255  # distribution/reference NameTotalLengthMax
+_IMAGE_HELP = "expected [registry[:port]/]name[:tag][@sha256:<64 hex>], e.g. 'nginx:1.27' or 'registry.local:5000/team/app:2'"
+
+
+def check_image_reference(value: str) -> str:
+    """``value`` if Docker can pull or run it by that reference; otherwise ``ValueError`` saying why."""
+    if not value:
+        raise ValueError(f"must be a non-empty image reference ({_IMAGE_HELP})")
+    problem = None
+    # Longer than any valid reference (name 255, tag 128, digest 135): not worth matching.
+    if len(value) > _IMAGE_NAME_MAX + 1 + 128 + 1 + 135:
+        problem = "far too long"
+    elif any(char.isspace() for char in value):
+        problem = "contains whitespace"
+    else:
+        match = _IMAGE_RE.fullmatch(value)
+        if match is None:
+            lowered = _IMAGE_RE.fullmatch(value.lower())
+            problem = "the repository name must be lowercase" if lowered else "malformed"
+        elif len(match.group("name")) > _IMAGE_NAME_MAX:
+            problem = f"the name is longer than {_IMAGE_NAME_MAX} characters"
+    if problem is not None:
+        raise ValueError(f"{_shown(value)} is not a valid image reference: {problem} ({_IMAGE_HELP})")
+    return value
+
+
+ImageReference = Annotated[str, AfterValidator(check_image_reference)]
+
+
 # --- cross-field problems -------------------------------------------------------------------
 
 Loc = tuple[str | int, ...]
@@ -174,15 +287,61 @@ def _raise_problems(problems: list[tuple[Loc, str]]) -> None:
         raise PydanticCustomError("config_problems", "{summary}", {"summary": summary, "problems": problems})
 
 
+def _plain_types(annotation: Any) -> frozenset[Any]:
+    """The types a field's annotation accepts at its top level, through Annotated and unions."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _plain_types(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return frozenset().union(*(_plain_types(arg) for arg in get_args(annotation)))
+    if origin is Literal:
+        return frozenset(type(arg) for arg in get_args(annotation))
+    return frozenset([annotation])
+
+
+@cache
+def _is_number_field(model: type[BaseModel], field_name: str) -> bool:
+    kinds = _plain_types(model.model_fields[field_name].annotation)
+    return bool(kinds & {int, float}) and bool not in kinds
+
+
+def _refuse_boolean(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    # pydantic reads true as 1 and false as 0 for numbers: `max_replicas = true` would quietly
+    # mean one replica. "true" and "false" are how booleans arrive from the environment.
+    if info.field_name is not None and _is_number_field(model, info.field_name):
+        if isinstance(value, bool) or (isinstance(value, str) and value.strip().lower() in ("true", "false")):
+            raise ValueError(f"must be a number, not a boolean (got {value!r})")
+    return value
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `inf` and `nan` are valid TOML floats, and "inf" a valid env value.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return _refuse_boolean(cls, value, info)
 
 
 # --- daemon and load balancer ---------------------------------------------------------------
 
 
+def _check_socket_dir(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"{_shown(value)} must be an absolute path, e.g. '/run/autoscaler'")
+    if not value.isprintable() or any(char.isspace() for char in value):
+        raise ValueError(f"{_shown(value)} must not contain whitespace or control characters")
+    if len(value.encode()) > MAX_ADMIN_SOCKET_DIR_BYTES:
+        raise ValueError(
+            f"{_shown(value)} is longer than {MAX_ADMIN_SOCKET_DIR_BYTES} bytes: "
+            "a socket path in it would not fit a Unix socket address (107 bytes)"
+        )
+    return value
+
+
 class DaemonConfig(_Model):
-    interval_seconds: float = Field(5.0, gt=0)
+    interval_seconds: float = Field(5.0, ge=MIN_INTERVAL_SECONDS, le=MAX_INTERVAL_SECONDS)
     metrics_listen: HostPort = "127.0.0.1:9464"
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -192,6 +351,11 @@ class DaemonConfig(_Model):
     # ports the engine publishes on the host's loopback (daemon on the host); "network" = the
     # container by name on the service's network (daemon in a container on that network).
     load_balancer_access: Literal["published", "network"] = "published"
+    # On SIGTERM the daemon abandons the step in progress after this many seconds.
+    shutdown_timeout_seconds: float = Field(10.0, gt=0, le=MAX_SHUTDOWN_TIMEOUT_SECONDS)
+    # Directory of each load balancer's private admin socket. None: /run/autoscaler when
+    # writable, else $XDG_RUNTIME_DIR/autoscaler or /tmp/autoscaler-<uid>.
+    admin_socket_dir: Annotated[str, AfterValidator(_check_socket_dir)] | None = None
 
     @property
     def metrics_host_port(self) -> tuple[str, int]:
@@ -199,7 +363,7 @@ class DaemonConfig(_Model):
 
 
 class LoadBalancerConfig(_Model):
-    image: str = Field("autoscaler-haproxy:latest", min_length=1)
+    image: ImageReference = "autoscaler-haproxy:latest"
     publish: HostPort
     algorithm: Literal["roundrobin", "leastconn", "random", "first"] = "roundrobin"
 
@@ -215,9 +379,16 @@ class ScalingRule(_Model):
     """At most ``value`` replicas (or percent of current replicas) per ``period_seconds``."""
 
     type: Literal["replicas", "percent"]
-    value: int = Field(gt=0)
+    # At most MAX_REPLICAS for "replicas" (checked below), MAX_PERCENT_CHANGE for "percent".
+    value: int = Field(gt=0, le=MAX_PERCENT_CHANGE)
     # The HPA caps periods at 30 minutes; it also bounds how much scale history we keep.
     period_seconds: int = Field(gt=0, le=1800)
+
+    @model_validator(mode="after")
+    def _check_value(self) -> "ScalingRule":
+        if self.type == "replicas" and self.value > MAX_REPLICAS:
+            _raise_problems([(("value",), f"must be <= {MAX_REPLICAS}, the most replicas a service may have (got {self.value})")])
+        return self
 
 
 class ScalingBehavior(_Model):
@@ -263,14 +434,16 @@ DEFAULT_SCALE_DOWN = ScalingBehavior(
 MetricName = Literal["cpu", "memory", "requests_per_second", "response_time_ms", "queue"]
 
 _ADJUSTMENT_RE = re.compile(r"([+-])([0-9]+)(%?)|0%?", re.ASCII)
+# Step thresholds compare with readings, which are >= 0 and at most MAX_METRIC_VALUE.
+Threshold = Annotated[float, Field(ge=0, le=MAX_METRIC_VALUE)]
 
 
 class StepRule(_Model):
     """When ``lower <= metric < upper``, change the replica count by ``adjustment``."""
 
     metric: MetricName
-    lower: float | None = None
-    upper: float | None = None
+    lower: Threshold | None = None
+    upper: Threshold | None = None
     # "+2" / "-1" change the count; "+50%" / "-25%" change it relative to the current count.
     adjustment: str
 
@@ -280,11 +453,21 @@ class StepRule(_Model):
         # TOML reads `adjustment = +2` as the integer 2; that is unambiguous, so accept it.
         if isinstance(value, int) and not isinstance(value, bool):
             value = f"{value:+d}" if value else "0"
-        if not isinstance(value, str) or not _ADJUSTMENT_RE.fullmatch(value.strip()):
-            raise ValueError(f"{value!r} is not a valid adjustment (use e.g. '+2', '-1', '+50%', '-25%' or '0')")
+        match = _ADJUSTMENT_RE.fullmatch(value.strip()) if isinstance(value, str) else None
+        if match is None:
+            raise ValueError(f"{_shown(value)} is not a valid adjustment (use e.g. '+2', '-1', '+50%', '-25%' or '0')")
         value = value.strip()
-        if value.startswith("-") and value.endswith("%") and int(value[1:-1]) > 100:
-            raise ValueError(f"{value!r} would remove more than 100% of the replicas")
+        sign, digits, percent = match.groups()
+        if digits is None:
+            return value  # "0" or "0%"
+        # len() first: int() of thousands of digits is slow, and refused past 4300.
+        amount = int(digits) if len(digits) <= 9 else MAX_PERCENT_CHANGE + MAX_REPLICAS + 1
+        if percent and sign == "-" and amount > 100:
+            raise ValueError(f"{_shown(value)} would remove more than 100% of the replicas")
+        if percent and amount > MAX_PERCENT_CHANGE:
+            raise ValueError(f"{_shown(value)} is more than {MAX_PERCENT_CHANGE}% of the replicas")
+        if not percent and amount > MAX_REPLICAS:
+            raise ValueError(f"{_shown(value)} is more than {MAX_REPLICAS} replicas, the most a service may have")
         return value
 
     @model_validator(mode="after")
@@ -381,10 +564,10 @@ class ScheduleWindow(_Model):
 
     name: str = Field(min_length=1)
     cron: str
-    duration_seconds: int = Field(gt=0)
+    duration_seconds: int = Field(gt=0, le=MAX_WINDOW_SECONDS)
     # Scale-to-zero is not supported: with no replica there is nothing to measure.
-    min_replicas: Annotated[int, Field(ge=1)] | None = None
-    max_replicas: Annotated[int, Field(ge=1)] | None = None
+    min_replicas: Annotated[int, Field(ge=1, le=MAX_REPLICAS)] | None = None
+    max_replicas: Annotated[int, Field(ge=1, le=MAX_REPLICAS)] | None = None
     timezone: Annotated[str, AfterValidator(_check_timezone)] = "UTC"
 
     @field_validator("cron")
@@ -410,8 +593,10 @@ class ScheduleWindow(_Model):
 # --- policy ---------------------------------------------------------------------------------
 
 Percent = Annotated[float, Field(gt=0, le=100)]
-PositiveFloat = Annotated[float, Field(gt=0)]
-Tolerance = Annotated[float, Field(ge=0, lt=1)]
+MetricTarget = Annotated[float, Field(gt=0, le=MAX_METRIC_VALUE)]
+# As the HPA: any tolerance >= 0. A scale-down tolerance >= 1 turns ratio-based scale-down off
+# (every ratio below the target is then within it); that is a valid choice, not an error.
+Tolerance = Annotated[float, Field(ge=0, le=MAX_TOLERANCE)]
 
 
 class PolicyConfig(_Model):
@@ -421,20 +606,20 @@ class PolicyConfig(_Model):
     # the "target" strategy (default 60) alongside any other target you set.
     target_cpu_percent: Percent | None = 60.0
     target_memory_percent: Percent | None = None
-    target_requests_per_second_per_replica: PositiveFloat | None = None
-    target_response_time_ms: PositiveFloat | None = None
+    target_requests_per_second_per_replica: MetricTarget | None = None
+    target_response_time_ms: MetricTarget | None = None
     # No scaling while |current/target - 1| <= tolerance, so noise does not cause flapping.
     tolerance: Tolerance = 0.1
     tolerance_up: Tolerance | None = None
     tolerance_down: Tolerance | None = None
     # Replicas younger than this are left out of CPU averages: start-up spikes are not load.
-    initialization_seconds: float = Field(30.0, ge=0)
+    initialization_seconds: float = Field(30.0, ge=0, le=MAX_TIMEOUT_SECONDS)
     # Shorthand for scale_down.stabilization_seconds, the knob people most often change.
     scale_down_stabilization_seconds: Annotated[int, Field(ge=0, le=3600)] | None = None
-    drain_timeout_seconds: float = Field(30.0, ge=0)
+    drain_timeout_seconds: float = Field(30.0, ge=0, le=MAX_TIMEOUT_SECONDS)
     # Consecutive failed metric reads before fallback_replicas (if set) takes over.
-    failure_threshold: int = Field(3, ge=1)
-    fallback_replicas: Annotated[int, Field(ge=0)] | None = None
+    failure_threshold: int = Field(3, ge=1, le=MAX_FAILURE_THRESHOLD)
+    fallback_replicas: Annotated[int, Field(ge=0, le=MAX_REPLICAS)] | None = None
     scale_up: ScalingBehavior | None = None
     scale_down: ScalingBehavior | None = None
     steps: list[StepRule] = []
@@ -498,8 +683,13 @@ class PolicyConfig(_Model):
 _DOCKER_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", re.ASCII)
 
 
+# Docker's predefined networks: no Docker DNS between containers there ("bridge"), or no
+# network of the container's own at all ("host", "none"); "default" is reserved.
+_PREDEFINED_NETWORKS = frozenset({"bridge", "host", "none", "default"})
+
+
 class ServiceConfig(_Model):
-    image: str
+    image: ImageReference
     # The port the application listens on inside each replica; HAProxy connects to it.
     port: int = Field(ge=1, le=65535)
     command: list[str] = []
@@ -507,30 +697,55 @@ class ServiceConfig(_Model):
     # None: a per-service network named "autoscaler-<service>" (see Settings.network_for).
     network: str | None = None
     # CPU cores per replica; utilisation percentages are relative to this.
-    cpu_limit: float = Field(gt=0)
+    cpu_limit: float
     # Bytes per replica; the file may say "256MiB", "1GiB", "512m" (see parse_size).
-    memory_limit: int = Field(gt=0)
+    memory_limit: int
     health_path: str = "/healthz"
-    min_replicas: int = Field(1, ge=1)
-    max_replicas: int = Field(8, ge=1)
-    stop_timeout_seconds: int = Field(10, ge=0)
-    startup_timeout_seconds: float = Field(60.0, gt=0)
+    min_replicas: int = Field(1, ge=1, le=MAX_REPLICAS)
+    max_replicas: int = Field(8, ge=1, le=MAX_REPLICAS)
+    # Docker's stop timeout is whole seconds.
+    stop_timeout_seconds: int = Field(10, ge=0, le=MAX_TIMEOUT_SECONDS)
+    startup_timeout_seconds: float = Field(60.0, gt=0, le=MAX_TIMEOUT_SECONDS)
+    # A replica that keeps failing is retried after backoff_initial_seconds, doubling up to
+    # backoff_max_seconds (as CrashLoopBackOff), so a broken image does not spin the engine.
+    backoff_initial_seconds: float = Field(1.0, gt=0, le=MAX_BACKOFF_INITIAL_SECONDS)
+    backoff_max_seconds: float = Field(60.0, gt=0, le=MAX_BACKOFF_SECONDS)
     load_balancer: LoadBalancerConfig
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     schedule: list[ScheduleWindow] = []
 
-    @field_validator("image")
-    @classmethod
-    def _check_image(cls, value: str) -> str:
-        if not value or any(char.isspace() for char in value):
-            raise ValueError("must be a non-empty image reference without spaces, e.g. 'nginx:1.27'")
-        return value
-
     @field_validator("network")
     @classmethod
     def _check_network(cls, value: str | None) -> str | None:
-        if value is not None and not _DOCKER_NAME_RE.fullmatch(value):
-            raise ValueError(f"{value!r} is not a valid Docker network name")
+        if value is None:
+            return value
+        if value.lower() in _PREDEFINED_NETWORKS:
+            raise ValueError(
+                f"{value!r} is one of Docker's predefined networks: the load balancer reaches the replicas "
+                "by name, which needs a user-defined bridge network with Docker's DNS "
+                "(leave network unset to get 'autoscaler-<service>', or name your own)"
+            )
+        if not _DOCKER_NAME_RE.fullmatch(value):
+            raise ValueError(f"{_shown(value)} is not a valid Docker network name")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _check_command(cls, value: list[str]) -> list[str]:
+        # Arguments reach execve() as C strings: a NUL cannot be passed, Docker refuses it.
+        bad = [index for index, argument in enumerate(value) if "\0" in argument]
+        if bad:
+            raise ValueError(f"argument(s) {bad} contain a NUL character")
+        return value
+
+    @field_validator("cpu_limit")
+    @classmethod
+    def _check_cpu_limit(cls, value: float) -> float:
+        if not MIN_CPU_LIMIT_CORES <= value <= MAX_CPU_LIMIT_CORES:
+            raise ValueError(
+                f"must be between {MIN_CPU_LIMIT_CORES:g} (Docker's minimum) and {MAX_CPU_LIMIT_CORES:g} cores "
+                f"(got {value:g})"
+            )
         return value
 
     @field_validator("env", mode="before")
@@ -549,19 +764,26 @@ class ServiceConfig(_Model):
     def _check_env_names(cls, value: dict[str, str]) -> dict[str, str]:
         bad = [name for name in value if not name or "=" in name or "\0" in name]
         if bad:
-            raise ValueError(f"invalid variable name(s) {bad!r}: must be non-empty and contain no '='")
+            raise ValueError(f"invalid variable name(s) {_shown(bad)}: must be non-empty and contain no '='")
+        bad = [name for name, text in value.items() if "\0" in text]
+        if bad:
+            raise ValueError(f"value(s) of {_shown(bad)} contain a NUL character, which no environment can hold")
         return value
 
     @field_validator("memory_limit", mode="before")
     @classmethod
     def _parse_memory_limit(cls, value: Any) -> int:
-        return parse_size(value)
+        size = parse_size(value)
+        if not MIN_MEMORY_LIMIT_BYTES <= size <= MAX_MEMORY_LIMIT_BYTES:
+            raise ValueError(f"must be between 6MiB (Docker's minimum) and 64TiB (got {_shown(value)})")
+        return size
 
     @field_validator("health_path")
     @classmethod
     def _check_health_path(cls, value: str) -> str:
-        if not value.startswith("/") or any(char.isspace() for char in value):
-            raise ValueError(f"{value!r} must start with '/' and contain no spaces")
+        # isprintable: a control character would end HAProxy's check request line early.
+        if not value.startswith("/") or any(char.isspace() for char in value) or not value.isprintable():
+            raise ValueError(f"{_shown(value)} must start with '/' and contain no spaces or control characters")
         return value
 
     @model_validator(mode="after")
@@ -569,6 +791,10 @@ class ServiceConfig(_Model):
         problems: list[tuple[Loc, str]] = []
         if self.max_replicas < self.min_replicas:
             problems.append((("max_replicas",), f"must be >= min_replicas ({self.min_replicas})"))
+        if self.backoff_max_seconds < self.backoff_initial_seconds:
+            problems.append(
+                (("backoff_max_seconds",), f"must be >= backoff_initial_seconds ({self.backoff_initial_seconds:g})")
+            )
         fallback = self.policy.fallback_replicas
         if fallback is not None and not self.min_replicas <= fallback <= self.max_replicas:
             problems.append(
@@ -640,6 +866,34 @@ class _EnvSource(EnvSettingsSource):
         return {(key if self.case_sensitive else key.lower()): value for key, value in self._environ.items()}
 
 
+class _TomlProblem(Exception):
+    """The file is TOML only in name: too large, or with values tomllib cannot hold."""
+
+
+class _TomlSource(TomlConfigSettingsSource):
+    """The standard TOML source, reading at most MAX_CONFIG_BYTES and failing cleanly."""
+
+    def _read_file(self, file_path: Path) -> dict[str, Any]:  # type: ignore[override]
+        with open(file_path, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise _TomlProblem(f"larger than {MAX_CONFIG_BYTES // 1024**2} MiB; no config is that large")
+        text = data.decode("utf-8")
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError:
+            raise
+        except ValueError as exc:
+            # int() refuses more than 4300 digits, and tomllib lets that ValueError out as is.
+            match = re.search(r"[0-9_]{4300,}", text)
+            if match is None:
+                raise _TomlProblem(f"invalid TOML: {exc}") from None
+            line = text.count("\n", 0, match.start()) + 1
+            raise _TomlProblem(f"invalid TOML: a number with more than 4300 digits (line {line})") from None
+        except RecursionError:
+            raise _TomlProblem("invalid TOML: arrays or inline tables nested too deeply") from None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="AUTOSCALER_",
@@ -647,10 +901,17 @@ class Settings(BaseSettings):
         case_sensitive=False,
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,
     )
 
     daemon: DaemonConfig = Field(default_factory=DaemonConfig)
     services: dict[ServiceName, ServiceConfig]
+
+    # As on _Model: BaseSettings is not one, so the rule is repeated for fields added here.
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        return _refuse_boolean(cls, value, info)
 
     @classmethod
     def settings_customise_sources(
@@ -668,7 +929,7 @@ class Settings(BaseSettings):
         return (
             init_settings,
             _EnvSource(settings_cls, request.environ),
-            TomlConfigSettingsSource(settings_cls, toml_file=request.toml_file),
+            _TomlSource(settings_cls, toml_file=request.toml_file),
         )
 
     @field_validator("services")
@@ -733,9 +994,14 @@ def _describe(error: Mapping[str, Any]) -> str:
         symbol, bound = _COMPARISONS[kind]
         limit = ctx[bound]
         shown = f"{limit:g}" if isinstance(limit, float) else str(limit)  # "> 0", not "> 0.0"
-        return f"must be {symbol} {shown} (got {error['input']!r})"
+        return f"must be {symbol} {shown} (got {_shown(error['input'])})"
+    if kind == "int_parsing_size":
+        # pydantic's own words ("Unable to parse input string...") say nothing of a float input.
+        return f"far too large a number (got {_shown(error['input'])})"
+    if kind == "finite_number":
+        return f"must be a finite number (got {_shown(error['input'])})"
     if kind == "literal_error":
-        return f"must be {ctx['expected']} (got {error['input']!r})"
+        return f"must be {ctx['expected']} (got {_shown(error['input'])})"
     if kind in ("value_error", "assertion_error") and "error" in ctx:
         return str(ctx["error"])
     return str(error["msg"])
@@ -776,6 +1042,11 @@ def load_config(
         raise ConfigError(format_validation_error(exc)) from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    except _TomlProblem as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except RecursionError:
+        # The file's nesting is caught while reading it; this is a JSON value in the environment.
+        raise ConfigError("environment: a list or table value is nested too deeply") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not valid UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:

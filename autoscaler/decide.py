@@ -9,21 +9,29 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import Counter
 from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from autoscaler.config import ServiceConfig, format_validation_error
+from autoscaler.config import MAX_METRIC_VALUE, MAX_REPLICAS, ServiceConfig, format_validation_error
 from autoscaler.model import Decision, History, ReplicaSample, ServiceSnapshot
 from autoscaler.policy.evaluate import evaluate
 from autoscaler.policy.schedule import bounds_at
 
-NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 # Far above any real reading, low enough that pooled sums and ratios stay finite floats: a
 # reading near 1e308 would overflow to inf in the replica arithmetic.
-MAX_READING = 1e9
+MAX_READING = MAX_METRIC_VALUE
 Reading = Annotated[float, Field(ge=0, le=MAX_READING, allow_inf_nan=False)]
+# A replica older than a century is a unit mistake (milliseconds for seconds).
+MAX_AGE_SECONDS = 100 * 365 * 86_400
+Age = Annotated[float, Field(ge=0, le=MAX_AGE_SECONDS, allow_inf_nan=False)]
+# A snapshot of MAX_REPLICAS replicas is about 150 KiB; a file a hundred times larger is not one.
+MAX_SNAPSHOT_BYTES = 16 * 1024**2
+# A reading needs 17 significant digits and an exponent at most. Longer is noise, and int()
+# refuses more than 4300 digits with a ValueError that json.loads lets out as is.
+MAX_NUMBER_CHARS = 100
 
 
 class SnapshotError(ValueError):
@@ -32,13 +40,21 @@ class SnapshotError(ValueError):
         super().__init__("\n".join(messages))
 
 
+class _AbsurdNumber(Exception):
+    """A JSON number too long to be a reading; raised from inside json.loads to stop it."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        super().__init__(text[:20])
+
+
 class ReplicaInput(BaseModel):
     # Strict: "ready": "no" or "age_seconds": true are mistakes in the file, not values to coerce.
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(min_length=1)
     ready: bool
-    age_seconds: NonNegative
+    age_seconds: Age
     cpu_percent: Reading | None = None
     memory_percent: Reading | None = None
     requests_per_second: Reading | None = None
@@ -48,7 +64,7 @@ class ReplicaInput(BaseModel):
 class SnapshotInput(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    replicas: list[ReplicaInput]
+    replicas: list[ReplicaInput] = Field(max_length=MAX_REPLICAS)
     queue_current: Reading | None = None
 
 
@@ -62,23 +78,58 @@ def _json_kind(value: Any) -> str:
     return "an array" if isinstance(value, list) else "a string"
 
 
+def _number(convert: type[int] | type[float]) -> Any:
+    def parse(text: str) -> int | float:
+        if len(text) > MAX_NUMBER_CHARS:
+            raise _AbsurdNumber(text)
+        return convert(text)
+
+    return parse
+
+
+# Non-finite floats (1e999, NaN) are left to pydantic, which names the field they are in.
+_parse_int, _parse_float = _number(int), _number(float)
+
+
 def read_snapshot(path: str | os.PathLike[str], service: str) -> ServiceSnapshot:
+    """The snapshot in the file at ``path``; ``SnapshotError`` with one line per problem.
+
+    Size, number lengths, nesting and the replica count are bounded before anything is built
+    from them, so no file can cost more than a moment or escape as a traceback.
+    """
     try:
-        # utf-8-sig: editors on Windows save JSON with a byte-order mark.
-        with open(path, encoding="utf-8-sig") as handle:
-            raw: Any = json.load(handle)
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_SNAPSHOT_BYTES + 1)
     except OSError as exc:
         raise SnapshotError([f"{path}: cannot read ({exc.strerror or exc})"]) from None
+    if len(data) > MAX_SNAPSHOT_BYTES:
+        raise SnapshotError([f"{path}: larger than {MAX_SNAPSHOT_BYTES // 1024**2} MiB, too large for a snapshot"])
+    try:
+        # utf-8-sig: editors on Windows save JSON with a byte-order mark.
+        text = data.decode("utf-8-sig")
+        raw: Any = json.loads(text, parse_int=_parse_int, parse_float=_parse_float)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SnapshotError([f"{path}: not valid JSON ({exc})"]) from None
+    except _AbsurdNumber as exc:
+        line = text.count("\n", 0, max(text.find(exc.text), 0)) + 1
+        raise SnapshotError(
+            [f"{path}: line {line}: a number {len(exc.text)} characters long ({exc.text[:20]}...); "
+             f"no reading needs more than {MAX_NUMBER_CHARS}"]
+        ) from None
+    except RecursionError:
+        # A snapshot is three levels deep; json gives up near Python's recursion limit.
+        raise SnapshotError([f"{path}: not valid JSON (nested far too deeply for a snapshot)"]) from None
     if not isinstance(raw, dict):
         raise SnapshotError([f"{path}: expected a JSON object with a \"replicas\" list, got {_json_kind(raw)}"])
+    replicas = raw.get("replicas")
+    if isinstance(replicas, list) and len(replicas) > MAX_REPLICAS:
+        # Checked before validating them one by one: that is where the time would go.
+        raise SnapshotError([f"{path}: replicas: {len(replicas)} replicas; a service has at most {MAX_REPLICAS}"])
     try:
         parsed = SnapshotInput.model_validate(raw)
     except ValidationError as exc:
         raise SnapshotError([f"{path}: {line}" for line in format_validation_error(exc)]) from None
-    names = [r.name for r in parsed.replicas]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = sorted(name for name, count in Counter(r.name for r in parsed.replicas).items() if count > 1)
     if duplicates:
         raise SnapshotError([f"{path}: replicas: duplicate name(s) {', '.join(duplicates)}"])
     return ServiceSnapshot(

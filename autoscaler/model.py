@@ -11,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 
 class Metric(StrEnum):
@@ -69,6 +69,17 @@ class ServiceSnapshot(NamedTuple):
         return len(self.replicas)
 
 
+# Why a metric proposes what it does; evaluate() decides on these codes, never on the message.
+#   scale             target tracking computed ceil(ratio x count) (which may equal the count)
+#   within_tolerance  the ratio is inside the tolerance band: the current count
+#   hold              the missing/not-ready rework flipped the direction or landed in the band,
+#                     or moved the count against the ratio: the current count
+#   no_reading        no usable reading: no proposal (None)
+#   step              a step band matched and adjusted the count
+#   no_step_matches   step scaling with no matching band: the current count
+ProposalReason = Literal["scale", "within_tolerance", "hold", "no_reading", "step", "no_step_matches"]
+
+
 class MetricProposal(NamedTuple):
     """What one metric asks for, and why."""
 
@@ -76,7 +87,10 @@ class MetricProposal(NamedTuple):
     utilization: float | None  # the pooled value compared with the target (percent, rps, ms)
     target: float
     proposal: int | None  # None = this metric could not be evaluated
-    message: str
+    message: str  # for people; never parsed
+    # Last and defaulted so that five-field positional construction keeps working; the policy
+    # always sets it, "" only comes from callers that build proposals by hand.
+    reason: ProposalReason | Literal[""] = ""
 
 
 class Decision(NamedTuple):

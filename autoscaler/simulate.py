@@ -12,6 +12,7 @@ import csv
 import math
 import operator
 import os
+import stat
 from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
-from autoscaler.config import PolicyConfig, ServiceConfig
+from autoscaler.config import MAX_WINDOW_SECONDS, PolicyConfig, ServiceConfig
 from autoscaler.model import History, ReplicaSample, ServiceSnapshot
 from autoscaler.policy.evaluate import evaluate, plan_of, record_scale
 from autoscaler.policy.schedule import ScheduledBounds
@@ -29,6 +30,27 @@ REQUIRED_COLUMNS = ("time_seconds", "cpu_cores")
 OPTIONAL_COLUMNS = ("memory_bytes", "requests_per_second")
 # A Monday, so that weekday schedules line up with a trace that starts at time 0.
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=timezone.utc)
+
+# A year at a 3-second interval. Each step costs about 10 us and 150 bytes of timeline, so the
+# longest replay takes minutes and a few GB, not hours and all the memory there is.
+MAX_SIMULATED_STEPS = 10_000_000
+# The reader holds the file in memory several times over (text, lines, numbers); a year of
+# one-second samples of two columns is about 0.5 GiB.
+MAX_TRACE_BYTES = 1024**3
+# The most a sample may say, per column. Larger values are unit mistakes, and they would make
+# the replay's arithmetic (demand / capacity) overflow or lose all precision.
+MAX_TRACE_VALUES = {
+    # 317 years: Unix times in seconds pass, in milliseconds (1.7e12) do not.
+    "time_seconds": 1e10,
+    # MAX_REPLICAS replicas of the largest cpu_limit are about a million cores.
+    "cpu_cores": 1e6,
+    # MAX_REPLICAS replicas of the largest memory_limit are 7e16 bytes.
+    "memory_bytes": 1e18,
+    "requests_per_second": 1e12,
+}
+# Python's datetime spans years 1 to 9999; a day inside, for time zones.
+_FIRST_WALL_SECONDS = datetime(1, 1, 2, tzinfo=timezone.utc).timestamp()
+_LAST_WALL_SECONDS = datetime(9999, 12, 30, tzinfo=timezone.utc).timestamp()
 
 
 class TraceError(ValueError):
@@ -48,7 +70,24 @@ class Trace:
 
 def read_trace(path: str | os.PathLike[str]) -> Trace:
     """Reads and checks a trace file; raises TraceError naming the file, line and column."""
+    _check_trace_file(path)
     return _read_plain_trace(path) or _read_trace_by_row(path)
+
+
+def _check_trace_file(path: str | os.PathLike[str]) -> None:
+    """Refuses, before reading anything, a file too large to hold or one with no size (a pipe,
+    a device: the readers may read it twice, and /dev/zero never ends)."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise TraceError(f"{path}: cannot read (not a regular file)")
+    if info.st_size > MAX_TRACE_BYTES:
+        raise TraceError(
+            f"{path}: {info.st_size / 1024**3:.1f} GiB is too large a trace (at most {MAX_TRACE_BYTES // 1024**3} GiB; "
+            "a year of one-second samples is about 0.5 GiB)"
+        )
 
 
 def _read_plain_trace(path: str | os.PathLike[str]) -> Trace | None:
@@ -78,12 +117,18 @@ def _read_plain_trace(path: str | os.PathLike[str]) -> Trace | None:
         flat = list(map(float, joined.split(",")))
     except ValueError:
         return None
-    if not all(map(math.isfinite, flat)) or min(flat) < 0:
+    # sum() is finite only if every value is (nan and inf carry through), and runs at C speed.
+    if not math.isfinite(sum(flat)) or min(flat) < 0:
         return None
     width = len(header)
     columns = {name: flat[i::width] for i, name in enumerate(header)}
     times = columns["time_seconds"]
     if not all(map(operator.lt, times, islice(times, 1, None))):
+        return None
+    # Times increase, so the last is the largest.
+    if times[-1] > MAX_TRACE_VALUES["time_seconds"] or any(
+        max(values) > MAX_TRACE_VALUES[name] for name, values in columns.items() if name != "time_seconds"
+    ):
         return None
     return Trace(
         times=times,
@@ -126,6 +171,7 @@ def _read_trace_by_row(path: str | os.PathLike[str]) -> Trace:
                 f"(known: {', '.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)})"
             )
         index = {name: header.index(name) for name in header}
+        limits = {name: MAX_TRACE_VALUES[name] for name in header}
         columns: dict[str, list[float]] = {name: [] for name in header}
         previous_time = -math.inf
         line = 1
@@ -146,6 +192,9 @@ def _read_trace_by_row(path: str | os.PathLike[str]) -> Trace:
                         raise TraceError(f"{path}: line {line}: {name}: {text!r} is not a number") from None
                     if not math.isfinite(value) or value < 0:
                         raise TraceError(f"{path}: line {line}: {name}: {text!r} must be a finite number >= 0")
+                    if value > limits[name]:
+                        hint = " (milliseconds?)" if name == "time_seconds" else ""
+                        raise TraceError(f"{path}: line {line}: {name}: {text!r} is more than {limits[name]:g}{hint}")
                     columns[name].append(value)
                 time_value = columns["time_seconds"][-1]
                 if time_value <= previous_time:
@@ -254,6 +303,8 @@ def simulate(
     schedule = ScheduledBounds(service)
     start_seconds = start.timestamp()
 
+    steps = replay_steps(trace, interval_seconds, start)
+
     # Oldest first; the min_replicas replicas were running before the trace began.
     replicas = [_Replica(-math.inf, -math.inf)] * service.min_replicas
     history = History()
@@ -261,9 +312,7 @@ def simulate(
     replica_steps = steps_above_target = scale_ups = scale_downs = 0
     peak = 0.0
     rows: list[tuple[float, float, int, int, float, str]] = []
-    first, last = trace.times[0], trace.times[-1]
-    # Rounded first: 0.3 / 0.1 is 2.9999999999999996, which would drop the last sample's step.
-    steps = max(1, math.floor(round((last - first) / interval_seconds, 9)) + 1)
+    first = trace.times[0]
     ends = [first + step * interval_seconds for step in range(steps)]
     cpu_demand = step_means(trace.times, trace.cpu_cores, ends, interval_seconds)
     memory_demand = step_means(trace.times, trace.memory_bytes, ends, interval_seconds) if trace.memory_bytes else None
@@ -329,6 +378,35 @@ def simulate(
         reasons=dict(Counter(row[5] for row in rows)),
     )
     return Result(rows, summary, notes)
+
+
+def replay_steps(trace: Trace, interval_seconds: float, start: datetime = DEFAULT_START) -> int:
+    """The number of steps of a replay; TraceError for one too long to run or to date.
+
+    Runs before the replay allocates anything per step: a two-row trace spanning 1e18 s would
+    otherwise ask for memory for 2 x 10^17 steps.
+    """
+    if not (math.isfinite(interval_seconds) and interval_seconds > 0):
+        raise TraceError(f"interval_seconds must be a finite number > 0 (got {interval_seconds!r})")
+    first, last = trace.times[0], trace.times[-1]
+    span = last - first
+    # Rounded first: 0.3 / 0.1 is 2.9999999999999996, which would drop the last sample's step.
+    intervals = round(span / interval_seconds, 9)
+    if not intervals + 1 <= MAX_SIMULATED_STEPS:  # "not <=": an infinite count fails too
+        # Exact while a float holds the count exactly; 2e+17 rather than 18 digits of noise.
+        count = f"{math.floor(intervals) + 1:,}" if intervals < 1e15 else f"{intervals:.3g}"
+        raise TraceError(
+            f"the trace spans {span:,.15g} s: at interval_seconds {interval_seconds:g} that is {count} steps, "
+            f"more than the limit of {MAX_SIMULATED_STEPS:,} (shorten the trace or lengthen the interval)"
+        )
+    # Schedules look a window's length either side of the replay's wall times, in any zone.
+    start_seconds = start.timestamp()
+    if not (
+        _FIRST_WALL_SECONDS <= start_seconds + first - MAX_WINDOW_SECONDS
+        and start_seconds + last + MAX_WINDOW_SECONDS <= _LAST_WALL_SECONDS
+    ):
+        raise TraceError(f"a replay from {start.isoformat()} over {last:,.15g} s leaves the calendar (years 1 to 9999)")
+    return max(1, math.floor(intervals) + 1)
 
 
 def policy_for_trace(service: ServiceConfig, trace: Trace) -> tuple[PolicyConfig, list[str]]:

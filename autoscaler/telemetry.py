@@ -103,6 +103,33 @@ class Telemetry:
         )
         self.replica_ready = Gauge("autoscaler_replica_ready", "1 when the replica serves traffic, else 0.", rs, registry=r)
         self._replicas_exported: dict[str, set[str]] = {}
+        # --- faults: failed replicas, backoff, the engine and the load balancer going away ---
+        self.start_failures = Counter(
+            "autoscaler_replica_start_failures",
+            "Replicas that never became ready: create failed, exited, OOM-killed, never healthy.",
+            ["service", "reason"], registry=r,
+        )
+        self.replica_failures = Counter(
+            "autoscaler_replica_failures", "Replicas that served and then failed (crashed, OOM, unhealthy, stopped).",
+            ["service", "reason"], registry=r,
+        )
+        self.start_backoff = Gauge(
+            "autoscaler_start_backoff_seconds", "Seconds until the next replica start is allowed (0: no backoff).", s, registry=r
+        )
+        self.start_backoff_failures = Gauge(
+            "autoscaler_start_backoff_failures", "Failures in a row behind the start backoff (0: none).", s, registry=r
+        )
+        self.engine_up = Gauge("autoscaler_docker_engine_up", "1 when the last pass reached the Docker engine.", s, registry=r)
+        self.engine_outages = Counter(
+            "autoscaler_docker_engine_outages", "Times the Docker engine stopped answering.", s, registry=r
+        )
+        self.lb_up = Gauge("autoscaler_load_balancer_up", "1 when the load balancer's runtime API answers.", s, registry=r)
+        self.lb_restarts = Counter(
+            "autoscaler_load_balancer_repairs", "Load balancer (re)creations and restarts by the daemon.", s, registry=r
+        )
+        self.lease_held = Gauge(
+            "autoscaler_lease_held", "1 when this daemon holds the service's lease (0: standing by).", s, registry=r
+        )
         # --- daemon --------------------------------------------------------------------------
         self.loop_duration = Histogram(
             "autoscaler_loop_duration_seconds", "Duration of one control-loop cycle.", s,
@@ -141,6 +168,10 @@ class Telemetry:
         """Creates the series that must exist before the first event (0, not missing)."""
         self.loop_errors.labels(service)
         self.metric_failures.labels(service).set(0)
+        self.start_backoff.labels(service).set(0)
+        self.start_backoff_failures.labels(service).set(0)
+        self.engine_outages.labels(service)
+        self.lb_restarts.labels(service)
         self.since_evaluation.labels(service).set_function(
             lambda: time.time() - self._evaluated_at[service] if service in self._evaluated_at else NAN
         )

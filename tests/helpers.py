@@ -18,9 +18,11 @@ from pathlib import Path
 def remove_service_objects(client, service: str) -> None:  # type: ignore[no-untyped-def]
     """Removes every container and network labelled with this service name."""
     for container in client.containers.list(all=True, filters={"label": f"autoscaler.service={service}"}):
-        container.remove(force=True)
+        container.remove(force=True, v=True)  # v: the daemon image's anonymous admin volume too
     for network in client.networks.list(filters={"label": f"autoscaler.service={service}"}):
         network.remove()
+    for volume in client.volumes.list(filters={"label": f"autoscaler.service={service}"}):
+        volume.remove(force=True)
 
 
 def free_port() -> int:

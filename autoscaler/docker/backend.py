@@ -7,11 +7,17 @@ carry autoscaler.managed=true and the service's autoscaler.service label.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import secrets
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -27,12 +33,16 @@ LABEL_MANAGED = "autoscaler.managed"
 LABEL_SERVICE = "autoscaler.service"
 LABEL_ROLE = "autoscaler.role"
 LABEL_PUBLISH = "autoscaler.publish"
+LABEL_PORT = "autoscaler.port"  # the port a replica listens on (it keeps it across config reloads)
+LABEL_LB_SPEC = "autoscaler.lb-spec"  # hash of what a load balancer was created from
 ROLE_REPLICA = "replica"
 ROLE_LOAD_BALANCER = "load-balancer"
 
 LB_CLIENT_PORT = 8080  # inside the load-balancer container, see deploy/haproxy/haproxy.cfg
 LB_METRICS_PORT = 8405
-LB_ADMIN_PORT = 9999
+# Where each load balancer sees the admin-socket directory; the daemon mounts its own side.
+LB_ADMIN_DIR = "/run/autoscaler"
+LOG_TAIL_LINES = 5
 
 
 class BackendError(Exception):
@@ -65,27 +75,69 @@ class LoadBalancerSpec:
     health_path: str
     algorithm: str = "roundrobin"
 
+    def fingerprint(self) -> str:
+        """What a load balancer was created from; an adopted one that differs is re-created."""
+        fields = [self.image, self.network, self.publish_host, self.publish_port, self.health_path, self.algorithm]
+        return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
+
 
 @dataclass(frozen=True)
 class Replica:
     id: str
     name: str
     service: str
-    state: str  # docker's: created, running, exited, dead, ...
+    state: str  # docker's: created, running, paused, restarting, exited, dead, removing
     ip: str | None  # on the service's network
     created_at_seconds: float  # epoch
+    port: int | None = None  # from the replica's own label; None for replicas that predate it
 
     @property
     def running(self) -> bool:
         return self.state == "running"
+
+    @property
+    def terminated(self) -> bool:
+        """Stopped for good: it will not serve again without a restart we never do."""
+        return self.state in ("exited", "dead")
+
+
+@dataclass(frozen=True)
+class ExitReport:
+    """Why a container stopped, read before it is removed (its logs go with it)."""
+
+    exit_code: int | None
+    oom_killed: bool
+    error: str  # the engine's own error (e.g. "exec: not found"), often empty
+    log_tail: tuple[str, ...]
+
+    def describe(self) -> str:
+        parts = [f"exit code {self.exit_code}" if self.exit_code is not None else "exit code unknown"]
+        parts.append("OOM killed: yes" if self.oom_killed else "OOM killed: no")
+        if self.error:
+            parts.append(f"error: {self.error}")
+        text = ", ".join(parts)
+        if self.log_tail:
+            text += "; last output: " + " | ".join(self.log_tail)
+        return text
+
+
+@dataclass(frozen=True)
+class LoadBalancerContainer:
+    """The load-balancer container as the engine reports it, running or not."""
+
+    id: str
+    name: str
+    state: str
+    fingerprint: str
+    publish: str
+    started_at_seconds: float | None  # epoch, when running
 
 
 @dataclass(frozen=True)
 class LoadBalancer:
     id: str
     name: str
-    admin_host: str
-    admin_port: int
+    admin_socket: str  # path on the daemon's side of the admin mount
     metrics_host: str
     metrics_port: int
     publish: str
@@ -104,6 +156,14 @@ def is_owned(labels: dict[str, str] | None, service: str) -> bool:
     return labels.get(LABEL_MANAGED) == "true" and labels.get(LABEL_SERVICE) == service
 
 
+def default_admin_socket_dir() -> str:
+    """/run/autoscaler for root, else the user's runtime directory: somewhere only we can write."""
+    if os.geteuid() == 0:
+        return "/run/autoscaler"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return f"{runtime}/autoscaler" if runtime else f"/tmp/autoscaler-{os.geteuid()}"
+
+
 class DockerBackend:
     def __init__(
         self,
@@ -111,26 +171,37 @@ class DockerBackend:
         observer: CallObserver = NULL_OBSERVER,
         stats_workers: int = 16,
         access: str = "published",
+        admin_socket_dir: str | None = None,
     ) -> None:
         self._client = client
         self._observer = observer
         self._access = access  # see DaemonConfig.load_balancer_access
+        self.admin_socket_dir = admin_socket_dir or default_admin_socket_dir()
+        self._admin_mount: tuple[str, str] | None = None  # (type, source), found on first use
         # Stats calls block for the engine's 1 s collection tick: run them side by side.
         self._stats_pool = ThreadPoolExecutor(stats_workers, thread_name_prefix="docker-stats")
 
     @classmethod
     def from_env(
-        cls, observer: CallObserver = NULL_OBSERVER, timeout_seconds: int = 30, access: str = "published"
+        cls,
+        observer: CallObserver = NULL_OBSERVER,
+        timeout_seconds: int = 30,
+        access: str = "published",
+        admin_socket_dir: str | None = None,
     ) -> DockerBackend:
         try:
-            client = docker.from_env(timeout=timeout_seconds, max_pool_size=32)
+            client = docker.from_env(timeout=timeout_seconds, max_pool_size=64)
             client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise BackendError(
                 "connect", None,
                 f"the Docker engine is not reachable ({exc}); start dockerd or set DOCKER_HOST",
             ) from exc
-        return cls(client, observer, access=access)
+        return cls(client, observer, access=access, admin_socket_dir=admin_socket_dir)
+
+    @property
+    def client(self) -> docker.DockerClient:
+        return self._client
 
     def ping(self) -> bool:
         try:
@@ -156,6 +227,11 @@ class DockerBackend:
 
     # --- checks -------------------------------------------------------------------------
 
+    def capacity(self) -> tuple[int, int]:
+        """(CPUs, memory bytes) of the engine's host: no replica can have more."""
+        info = self._call("info", None, self._client.api.info)
+        return int(info.get("NCPU") or 0), int(info.get("MemTotal") or 0)
+
     def missing_images(self, images: list[str]) -> list[str]:
         missing = []
         for image in dict.fromkeys(images):
@@ -167,83 +243,115 @@ class DockerBackend:
 
     # --- network --------------------------------------------------------------------------
 
-    def ensure_network(self, service: str, name: str) -> None:
+    def ensure_network(self, service: str, name: str) -> bool:
+        """Creates the service's network if it does not exist; returns whether it created it."""
         found = self._call("network_list", service, self._client.api.networks, names=[name])
         if any(n.get("Name") == name for n in found):
-            return
+            return False
         log.info("creating network %s", name, extra={"service": service})
         self._call(
             "network_create", service, self._client.api.create_network, name,
             driver="bridge", check_duplicate=True,
             labels={LABEL_MANAGED: "true", LABEL_SERVICE: service},
         )
+        return True
+
+    def remove_network(self, service: str, name: str) -> None:
+        """Removes a network this daemon created, if it is ours and nothing uses it any more."""
+        for network in self._call("network_list", service, self._client.api.networks, names=[name]):
+            if network.get("Name") == name and is_owned(network.get("Labels"), service):
+                try:
+                    self._call("network_remove", service, self._client.api.remove_network, network["Id"])
+                except (BackendError, docker.errors.NotFound) as exc:
+                    log.warning("could not remove network %s: %s", name, exc, extra={"service": service})
 
     # --- load balancer --------------------------------------------------------------------
 
-    def find_load_balancer(self, service: str) -> dict[str, Any] | None:
+    def load_balancer_container(self, service: str) -> LoadBalancerContainer | None:
+        """The service's load-balancer container in whatever state it is, or None."""
         found = self._call(
             "container_list", service, self._client.api.containers,
             all=True, filters=_label_filter(service, ROLE_LOAD_BALANCER),
         )
-        return found[0] if found else None
+        if not found:
+            return None
+        c = found[0]
+        labels = c.get("Labels") or {}
+        started_at = None
+        if c["State"] == "running":
+            info = self._call("container_inspect", service, self._client.api.inspect_container, c["Id"])
+            started_at = _epoch(info["State"].get("StartedAt"))
+        return LoadBalancerContainer(
+            id=c["Id"], name=c["Names"][0].lstrip("/"), state=c["State"],
+            fingerprint=labels.get(LABEL_LB_SPEC, ""), publish=labels.get(LABEL_PUBLISH, ""),
+            started_at_seconds=started_at,
+        )
 
     def existing_load_balancer(self, service: str) -> LoadBalancer | None:
         """The service's running load balancer, without creating or starting anything."""
-        found = self.find_load_balancer(service)
-        if found is None or found["State"] != "running":
+        found = self.load_balancer_container(service)
+        if found is None or found.state != "running":
             return None
-        return self._load_balancer_info(service, found["Id"])
+        return self.load_balancer_info(service, found.id)
 
     def ensure_load_balancer(self, spec: LoadBalancerSpec) -> tuple[LoadBalancer, bool]:
         """Adopts the service's load balancer (starting it if stopped) or creates it.
 
-        Returns the load balancer and whether it was created or (re)started, i.e. whether its
-        runtime membership is empty and must be rebuilt.
+        A load balancer created from another spec (health path, algorithm, image, address) is
+        re-created, so that a changed config applies after a restart. Returns the load balancer
+        and whether it is new or (re)started, i.e. whether its membership must be rebuilt.
         """
-        publish = f"{spec.publish_host}:{spec.publish_port}"
-        existing = self.find_load_balancer(spec.service)
-        fresh = False
+        existing = self.load_balancer_container(spec.service)
+        if existing is not None and existing.fingerprint != spec.fingerprint():
+            log.warning(
+                "load balancer %s was created from another config (publish %s, or health path, "
+                "algorithm or image): re-creating it; clients see a short interruption",
+                existing.name, existing.publish or "?", extra={"service": spec.service},
+            )
+            self.remove_load_balancer(spec.service, existing.id)
+            existing = None
         if existing is None:
-            log.info("creating load balancer for %s on %s", spec.service, publish,
-                     extra={"service": spec.service})
-            container_id = self._create_load_balancer(spec)
-            fresh = True
-        else:
-            container_id = existing["Id"]
-            if existing["Labels"].get(LABEL_PUBLISH) != publish:
-                log.warning(
-                    "adopted load balancer %s publishes %s, config says %s: remove it to apply",
-                    existing["Names"][0].lstrip("/"), existing["Labels"].get(LABEL_PUBLISH),
-                    publish, extra={"service": spec.service},
-                )
-            if existing["State"] != "running":
-                log.info("starting stopped load balancer %s", container_id[:12],
-                         extra={"service": spec.service})
-                self._call("container_start", spec.service, self._client.api.start, container_id)
-                fresh = True
-        return self._load_balancer_info(spec.service, container_id), fresh
+            log.info("creating load balancer for %s on %s:%d", spec.service, spec.publish_host,
+                     spec.publish_port, extra={"service": spec.service})
+            return self.load_balancer_info(spec.service, self.create_load_balancer(spec)), True
+        if existing.state != "running":
+            log.info("starting stopped load balancer %s", existing.name, extra={"service": spec.service})
+            self.start_load_balancer(spec.service, existing.id)
+            return self.load_balancer_info(spec.service, existing.id), True
+        return self.load_balancer_info(spec.service, existing.id), False
 
-    def _create_load_balancer(self, spec: LoadBalancerSpec) -> str:
+    def create_load_balancer(self, spec: LoadBalancerSpec) -> str:
         api = self._client.api
+        name = f"autoscaler-{spec.service}-lb"
+        mount_type, source = self.admin_mount()
+        if mount_type == "bind":
+            Path(self.admin_socket_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
         host_config = api.create_host_config(
             port_bindings={
                 LB_CLIENT_PORT: (spec.publish_host, spec.publish_port),
-                # Admin API and exporter: loopback only, on a port the engine picks.
-                LB_ADMIN_PORT: ("127.0.0.1",),
+                # The exporter is read-only stats: loopback, on a port the engine picks.
                 LB_METRICS_PORT: ("127.0.0.1",),
             },
             network_mode=spec.network,
             restart_policy={"Name": "unless-stopped"},
+            # no_copy: the engine must not copy the image's files or ownership onto the volume.
+            mounts=[docker.types.Mount(LB_ADMIN_DIR, source, type=mount_type, no_copy=mount_type == "volume")],
         )
         labels = owner_labels(spec.service, ROLE_LOAD_BALANCER)
         labels[LABEL_PUBLISH] = f"{spec.publish_host}:{spec.publish_port}"
+        labels[LABEL_LB_SPEC] = spec.fingerprint()
         created = self._call(
             "container_create", spec.service, api.create_container,
             spec.image,
-            name=f"autoscaler-{spec.service}-lb",
+            name=name,
             labels=labels,
-            environment={"HEALTH_PATH": spec.health_path, "BALANCE": spec.algorithm},
-            ports=[LB_CLIENT_PORT, LB_ADMIN_PORT, LB_METRICS_PORT],
+            environment={
+                "HEALTH_PATH": spec.health_path,
+                "BALANCE": spec.algorithm,
+                "ADMIN_SOCKET": f"{LB_ADMIN_DIR}/{name}.sock",
+                "ADMIN_UID": str(os.geteuid()),
+            },
+            ports=[LB_CLIENT_PORT, LB_METRICS_PORT],
             host_config=host_config,
         )
         container_id: str = created["Id"]
@@ -251,37 +359,77 @@ class DockerBackend:
             self._call("container_start", spec.service, api.start, container_id)
         except BackendError:
             # Leave nothing half-made behind (e.g. the published port is taken).
-            self._call("container_remove", spec.service, api.remove_container, container_id, force=True)
+            self._force_remove(spec.service, container_id)
             raise
         return container_id
 
-    def _load_balancer_info(self, service: str, container_id: str) -> LoadBalancer:
+    def start_load_balancer(self, service: str, container_id: str) -> None:
+        self._call("container_start", service, self._client.api.start, container_id)
+
+    def remove_load_balancer(self, service: str, container_id: str) -> None:
+        info = self._call("container_inspect", service, self._client.api.inspect_container, container_id)
+        if not is_owned(info["Config"]["Labels"], service):
+            raise BackendError("container_remove", service, f"refusing to touch {container_id[:12]}: not ours")
+        self._force_remove(service, container_id)
+
+    def load_balancer_info(self, service: str, container_id: str) -> LoadBalancer:
         info = self._call("container_inspect", service, self._client.api.inspect_container, container_id)
         ports = info["NetworkSettings"]["Ports"] or {}
-
-        def host_port(port: int) -> tuple[str, int]:
-            bindings = ports.get(f"{port}/tcp") or []
-            if not bindings:
-                raise BackendError("container_inspect", service, f"load balancer port {port} is not published")
-            return bindings[0]["HostIp"] or "127.0.0.1", int(bindings[0]["HostPort"])
-
         name = info["Name"].lstrip("/")
         if self._access == "network":
             # The daemon shares the service's network: Docker's DNS resolves the container name.
-            admin_host, admin_port = name, LB_ADMIN_PORT
             metrics_host, metrics_port = name, LB_METRICS_PORT
         else:
-            admin_host, admin_port = host_port(LB_ADMIN_PORT)
-            metrics_host, metrics_port = host_port(LB_METRICS_PORT)
+            bindings = ports.get(f"{LB_METRICS_PORT}/tcp") or []
+            if bindings:
+                metrics_host, metrics_port = bindings[0]["HostIp"] or "127.0.0.1", int(bindings[0]["HostPort"])
+            else:  # not running: the engine publishes ports only while it runs
+                metrics_host, metrics_port = "127.0.0.1", 0
         return LoadBalancer(
             id=container_id,
             name=name,
-            admin_host=admin_host,
-            admin_port=admin_port,
+            admin_socket=f"{self.admin_socket_dir}/{name}.sock",
             metrics_host=metrics_host,
             metrics_port=metrics_port,
             publish=info["Config"]["Labels"].get(LABEL_PUBLISH, ""),
         )
+
+    def admin_mount(self) -> tuple[str, str]:
+        """What to mount at LB_ADMIN_DIR in a load balancer so the daemon sees its admin socket.
+
+        A daemon on the host mounts its admin_socket_dir. A daemon in a container passes on the
+        volume (or host directory) mounted at admin_socket_dir in its own container: the load
+        balancers and the daemon then share it, and no replica does.
+        """
+        if self._admin_mount is None:
+            own = self._own_container()
+            if own is None:
+                self._admin_mount = ("bind", self.admin_socket_dir)
+            else:
+                mount = next(
+                    (m for m in own.get("Mounts") or [] if m.get("Destination") == self.admin_socket_dir), None
+                )
+                if mount is None:
+                    raise BackendError(
+                        "admin_mount", None,
+                        f"the daemon runs in container {own['Name'].lstrip('/')} but nothing is mounted at "
+                        f"daemon.admin_socket_dir {self.admin_socket_dir}; mount a volume there "
+                        "(see deploy/docker-compose.yml)",
+                    )
+                if mount.get("Type") == "volume":
+                    self._admin_mount = ("volume", mount["Name"])
+                else:
+                    self._admin_mount = ("bind", mount["Source"])
+        return self._admin_mount
+
+    def _own_container(self) -> dict[str, Any] | None:
+        """The container this process runs in, if the engine we talk to runs it."""
+        if not Path("/.dockerenv").exists():
+            return None
+        try:
+            return self._call("container_inspect", None, self._client.api.inspect_container, socket.gethostname())
+        except (docker.errors.NotFound, BackendError):
+            return None
 
     # --- replicas -------------------------------------------------------------------------
 
@@ -294,6 +442,7 @@ class DockerBackend:
         for c in found:
             networks = (c.get("NetworkSettings") or {}).get("Networks") or {}
             ip = (networks.get(network) or {}).get("IPAddress") or None
+            port_label = (c.get("Labels") or {}).get(LABEL_PORT, "")
             replicas.append(
                 Replica(
                     id=c["Id"],
@@ -302,13 +451,20 @@ class DockerBackend:
                     state=c["State"],
                     ip=ip,
                     created_at_seconds=float(c["Created"]),
+                    port=int(port_label) if port_label.isdigit() else None,
                 )
             )
         return sorted(replicas, key=lambda r: (r.created_at_seconds, r.name))
 
-    def start_replica(self, spec: ReplicaSpec) -> Replica:
+    @staticmethod
+    def new_replica_name(service: str) -> str:
+        # Chosen before the create, so the caller knows an in-flight start by its name.
+        return f"autoscaler-{service}-{secrets.token_hex(3)}"
+
+    def start_replica(self, spec: ReplicaSpec, name: str | None = None) -> Replica:
+        """Creates and starts one replica. On a failed start nothing is left behind."""
         api = self._client.api
-        name = f"autoscaler-{spec.service}-{secrets.token_hex(3)}"
+        name = name or self.new_replica_name(spec.service)
         host_config = api.create_host_config(
             network_mode=spec.network,
             nano_cpus=int(spec.cpu_limit_cores * 1e9),
@@ -316,12 +472,14 @@ class DockerBackend:
             # An init reaps zombies and forwards SIGTERM, so stops take 0.1 s instead of 10 s.
             init=True,
         )
+        labels = owner_labels(spec.service, ROLE_REPLICA)
+        labels[LABEL_PORT] = str(spec.port)
         created = self._call(
             "container_create", spec.service, api.create_container,
             spec.image,
             command=list(spec.command) or None,
             name=name,
-            labels=owner_labels(spec.service, ROLE_REPLICA),
+            labels=labels,
             environment=dict(spec.env),
             host_config=host_config,
         )
@@ -333,8 +491,30 @@ class DockerBackend:
             self._force_remove(spec.service, container_id)
             raise
         ip = info["NetworkSettings"]["Networks"].get(spec.network, {}).get("IPAddress") or None
-        created_at = time.time()
-        return Replica(container_id, name, spec.service, info["State"]["Status"], ip, created_at)
+        created_at = _epoch(info.get("Created")) or time.time()
+        return Replica(container_id, name, spec.service, info["State"]["Status"], ip, created_at, spec.port)
+
+    def exit_report(self, service: str, container_id: str) -> ExitReport:
+        """Exit code, OOM flag, the engine's error and the last lines of output of a container."""
+        api = self._client.api
+        try:
+            info = self._call("container_inspect", service, api.inspect_container, container_id)
+        except docker.errors.NotFound:
+            return ExitReport(None, False, "container vanished", ())
+        state = info.get("State") or {}
+        lines: list[str] = []
+        try:
+            raw = self._call("container_logs", service, api.logs, container_id, tail=20)
+            text = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+            lines = [line.strip()[:200] for line in text.splitlines() if line.strip()][-LOG_TAIL_LINES:]
+        except (BackendError, docker.errors.NotFound):
+            pass
+        return ExitReport(
+            exit_code=state.get("ExitCode"),
+            oom_killed=bool(state.get("OOMKilled")),
+            error=str(state.get("Error") or ""),
+            log_tail=tuple(lines),
+        )
 
     def _force_remove(self, service: str, container_id: str) -> None:
         try:
@@ -342,8 +522,11 @@ class DockerBackend:
         except (BackendError, docker.errors.NotFound):
             log.warning("could not remove container %s", container_id[:12], extra={"service": service})
 
-    def remove_replica(self, service: str, container_id: str, stop_timeout_seconds: int) -> None:
-        """SIGTERM, wait up to stop_timeout_seconds, then remove. Refuses containers we don't own."""
+    def remove_replica(
+        self, service: str, container_id: str, stop_timeout_seconds: int, force: bool = False
+    ) -> None:
+        """SIGTERM, wait up to stop_timeout_seconds, then remove; force=True kills at once (a
+        replica that failed serves nobody). Refuses containers we don't own."""
         api = self._client.api
         try:
             info = self._call("container_inspect", service, api.inspect_container, container_id)
@@ -352,6 +535,9 @@ class DockerBackend:
         if not is_owned(info["Config"]["Labels"], service):
             raise BackendError("container_remove", service, f"refusing to touch {container_id[:12]}: not ours")
         try:
+            if force:
+                self._call("container_remove", service, api.remove_container, container_id, force=True)
+                return
             if info["State"]["Running"]:
                 self._call("container_stop", service, api.stop, container_id, timeout=stop_timeout_seconds)
             self._call("container_remove", service, api.remove_container, container_id)
@@ -375,3 +561,14 @@ class DockerBackend:
                 return None
 
         return dict(zip(container_ids, self._stats_pool.map(one, container_ids)))
+
+
+def _epoch(text: str | None) -> float | None:
+    """Docker's RFC 3339 times with nanoseconds ("2026-11-28T21:40:01.123456789Z") as epoch seconds."""
+    if not text or text.startswith("0001-"):
+        return None
+    head, _, frac = text.rstrip("Z").partition(".")
+    try:
+        return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00").timestamp()
+    except ValueError:
+        return None

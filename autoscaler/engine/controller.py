@@ -1,49 +1,76 @@
-"""One service's control loop: observe -> decide -> act -> record.
+"""One service's reconciler: each pass reads the world, decides, and takes small steps toward
+the decided count. Nothing waits inside a pass.
 
-observe: list the service's containers (by label) and the load balancer's servers, and repair
-         membership: register running replicas the load balancer lacks (adoption, or after an
-         HAProxy restart), promote replicas whose health check passed, forget dead ones.
-decide:  the pure policy (autoscaler.policy.evaluate) on a snapshot.
-act:     converge the live replicas to the desired count, safely: new replicas get traffic only
-         once healthy; removed replicas are drained first.
+A pass (`run_cycle`, every interval):
+  observe   list the service's containers and the load balancer's servers (no waiting).
+  repair    membership (`_reconcile`): register running replicas the load balancer lacks,
+            promote those whose check passed, take paused or failing ones out of rotation,
+            report and remove replicas that exited or never became healthy, finish drains.
+  decide    the pure policy (autoscaler.policy.evaluate) on a snapshot.
+  act       (`_converge`): start replicas up to the decided count (limited by the start
+            backoff), drain the surplus. Starts and removals run as operations in other
+            threads; their outcomes are collected by the next step.
+Between passes a short `progress` step (every PROGRESS_SECONDS) registers freshly started
+replicas, promotes them as soon as their own check passes and finishes drains, so a replica
+joins the moment it is healthy and leaves the moment it is idle.
+
+What a replica is doing is read back from the world (docker state, the load balancer's server
+state), so a restarted daemon resumes where the last one stopped. What only this process knows
+(when it first saw a replica, whether it was ever ready, the start backoff) is in memory and
+starts afresh: timeouts then count from adoption, never less.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from bisect import insort
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from autoscaler.config import ServiceConfig
 from autoscaler.docker.backend import (
     BackendError,
+    ExitReport,
     LoadBalancer,
+    LoadBalancerContainer,
     LoadBalancerSpec,
     Replica,
     ReplicaSpec,
 )
 from autoscaler.docker.stats import StatsReading, cpu_percent, memory_percent
+from autoscaler.engine import backoff as bo
+from autoscaler.engine.operations import Operations, Outcome
 from autoscaler.lb.haproxy import BackendStat, HAProxyError, ServerStat
-from autoscaler.model import Bounds, Decision, History, ReplicaSample, ServiceSnapshot
-from autoscaler.policy.evaluate import evaluate, record_scale
+from autoscaler.model import Bounds, Decision, History, ReplicaSample, ServiceSnapshot, TimedValue
+from autoscaler.policy.evaluate import evaluate, seed_history
 from autoscaler.policy.schedule import ScheduledBounds
 from autoscaler.telemetry import ReplicaMetrics, Telemetry
 
 log = logging.getLogger("autoscaler.engine")
 
-HEALTH_POLL_SECONDS = 0.2
+PROGRESS_SECONDS = 0.25  # how often the progress step looks at starting and draining replicas
+LB_POLL_SECONDS = 0.2  # while set-up waits for a new load balancer's API
+LB_STARTUP_GRACE_SECONDS = 15.0  # a running load balancer whose API is silent longer is broken
 
 
 class ReplicaBackend(Protocol):
-    def ensure_network(self, service: str, name: str) -> None: ...
+    def ensure_network(self, service: str, name: str) -> bool: ...
+    def remove_network(self, service: str, name: str) -> None: ...
     def ensure_load_balancer(self, spec: LoadBalancerSpec) -> tuple[LoadBalancer, bool]: ...
     def existing_load_balancer(self, service: str) -> LoadBalancer | None: ...
+    def load_balancer_container(self, service: str) -> LoadBalancerContainer | None: ...
+    def create_load_balancer(self, spec: LoadBalancerSpec) -> str: ...
+    def start_load_balancer(self, service: str, container_id: str) -> None: ...
+    def remove_load_balancer(self, service: str, container_id: str) -> None: ...
+    def load_balancer_info(self, service: str, container_id: str) -> LoadBalancer: ...
     def list_replicas(self, service: str, network: str) -> list[Replica]: ...
-    def start_replica(self, spec: ReplicaSpec) -> Replica: ...
-    def remove_replica(self, service: str, container_id: str, stop_timeout_seconds: int) -> None: ...
+    def new_replica_name(self, service: str) -> str: ...
+    def start_replica(self, spec: ReplicaSpec, name: str | None = None) -> Replica: ...
+    def remove_replica(self, service: str, container_id: str, stop_timeout_seconds: int, force: bool = False) -> None: ...
+    def exit_report(self, service: str, container_id: str) -> ExitReport: ...
     def read_stats(self, service: str, container_ids: list[str]) -> dict[str, StatsReading | None]: ...
 
 
@@ -54,7 +81,14 @@ class LoadBalancerAPI(Protocol):
     def enable_health(self, name: str) -> None: ...
     def set_ready(self, name: str) -> None: ...
     def set_drain(self, name: str) -> None: ...
+    def set_maint(self, name: str) -> None: ...
     def delete_server(self, name: str) -> None: ...
+
+
+class LeaseHolder(Protocol):
+    def try_acquire(self) -> str | None: ...
+    def held(self) -> bool: ...
+    def release(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -68,6 +102,8 @@ class ReplicaView:
 class Observation:
     views: tuple[ReplicaView, ...]
     backend: BackendStat | None
+    in_flight: int = 0  # starts not finished yet
+    pending: int = 0  # starts decided but held back (backoff, or no load balancer yet)
 
     def in_state(self, state: str) -> list[ReplicaView]:
         return [v for v in self.views if v.state == state]
@@ -77,11 +113,35 @@ class Observation:
         """Replicas that count toward the current size: everything not on its way out."""
         return [v for v in self.views if v.state != "draining"]
 
-    def counts(self) -> dict[str, int]:
-        result: dict[str, int] = {}
-        for view in self.views:
-            result[view.state] = result.get(view.state, 0) + 1
-        return result
+
+@dataclass
+class Tracked:
+    """What this process knows of one replica beyond what the world shows."""
+
+    container_id: str
+    first_seen_at: float  # clock: when this controller started it or first saw it
+    created_at_wall: float  # epoch: the container's creation
+    started_by_us: bool = False
+    counted_at: float | None = None  # the scale-up decision this start belongs to (rate rules)
+    registered_at: float | None = None
+    ready_since: float | None = None
+    unhealthy_since: float | None = None  # was ready (or paused), now out of rotation
+    drain_deadline: float | None = None
+    failed: bool = False
+
+
+@dataclass
+class ServiceHealth:
+    """Conditions shown by `status`, each logged once when it changes."""
+
+    engine_down_since: float | None = None  # wall clock
+    engine_error: str = ""
+    lb_down_since: float | None = None
+    lb_error: str = ""
+    standby_holder: str | None = None
+    last_failure: str = ""
+    last_failure_at: float | None = None  # wall clock
+    notes: dict[str, str] = field(default_factory=dict)  # last message per topic, for once-per-change logs
 
 
 def replica_state(server: ServerStat | None) -> str:
@@ -92,6 +152,22 @@ def replica_state(server: ServerStat | None) -> str:
     if server.serving:
         return "ready"
     return "starting"  # DOWN: health checks failing, no traffic: not ready
+
+
+def classify_exit(report: ExitReport, was_ready: bool) -> tuple[str, bool]:
+    """(reason code, whether it counts toward the start backoff) for a replica that stopped.
+
+    A replica that never became ready failed to start, whatever its exit code. One that served
+    and was then stopped from outside (SIGTERM: code 0 or 143; SIGKILL without OOM: 137, as an
+    engine shutdown or `docker stop`/`kill` does) is replaced without a penalty.
+    """
+    if report.oom_killed:
+        return "oom_killed", True
+    if not was_ready:
+        return "exited", True
+    if report.exit_code in (0, 143, 137):
+        return "stopped", False
+    return "crashed", True
 
 
 class ServiceController:
@@ -107,10 +183,12 @@ class ServiceController:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        lease: LeaseHolder | None = None,
+        operations: Operations | None = None,
     ) -> None:
         self.name = name
-        self.config = config
-        self._schedule = ScheduledBounds(config)
+        # Config and its schedule are swapped together by a reload; a pass reads them once.
+        self._configured: tuple[ServiceConfig, ScheduledBounds] = (config, ScheduledBounds(config))
         self.network = network
         self.dry_run = dry_run
         self._backend = backend
@@ -119,29 +197,51 @@ class ServiceController:
         self._clock = clock
         self._wall_clock = wall_clock
         self._sleep = sleep
+        self._lease = lease
+        self._ops = operations or Operations(name)
+        self._lock = threading.RLock()
         self._lb: LoadBalancerAPI | None = None
         self.load_balancer: LoadBalancer | None = None
+        self._lb_backoff = bo.Backoff()
         self._history = History()
-        self._spec: int | None = None  # the count last decided; lost replicas are replaced up to it
+        self._spec: int | None = None  # the count to keep; lost replicas are replaced up to it
+        self._counted: list[float] = []  # decided scale-up starts not submitted yet (decision times)
+        self._tracked: dict[str, Tracked] = {}
+        self._removing: dict[str, str] = {}  # name -> container id, until the container is gone
+        # Starts submitted and not collected yet (ReplicaSet "expectations"): counted as replicas
+        # from the moment they are asked for, so that no pass starts the same replica twice.
+        self._expected_starts: set[str] = set()
+        self._backoff = bo.Backoff()
         self._previous_stats: dict[str, StatsReading] = {}
         self._previous_requests: dict[str, tuple[float, int]] = {}
-        # When this controller (re)registered each replica, on `clock`: the startup timeout
-        # runs from there, not from container creation (see _startup_expired).
-        self._registered_at: dict[str, float] = {}
-        self._pool = ThreadPoolExecutor(8, thread_name_prefix=f"scale-{name}")
+        self._set_up = False
+        self.health = ServiceHealth()
         self.last_decision: Decision | None = None
         self.last_decision_at: float | None = None  # wall clock
         self.last_observation: Observation | None = None
         self.last_snapshot: ServiceSnapshot | None = None
+        self._last_logged: tuple[str, int, int] | None = None
+        self.replica_counts: dict[str, int] = {"ready": 0, "starting": 0, "draining": 0}
         telemetry.register_service(name)
+
+    @property
+    def config(self) -> ServiceConfig:
+        return self._configured[0]
 
     def _extra(self, **fields: object) -> dict[str, object]:
         return {"service": self.name, **fields}
 
+    def _once(self, topic: str, level: int, message: str, *args: object, **extra: object) -> None:
+        """Logs a condition once per change of its text, not once per pass."""
+        text = message % args if args else message
+        if self.health.notes.get(topic) != text:
+            self.health.notes[topic] = text
+            log.log(level, "%s", text, extra=self._extra(**extra))
+
     # --- set-up ---------------------------------------------------------------------------
 
-    def replica_spec(self) -> ReplicaSpec:
-        c = self.config
+    def replica_spec(self, config: ServiceConfig | None = None) -> ReplicaSpec:
+        c = config or self.config
         return ReplicaSpec(
             service=self.name,
             image=c.image,
@@ -153,28 +253,54 @@ class ServiceController:
             env=dict(c.env),
         )
 
-    def lb_spec(self) -> LoadBalancerSpec:
-        host, port = self.config.load_balancer.publish_host_port
+    def lb_spec(self, config: ServiceConfig | None = None) -> LoadBalancerSpec:
+        c = config or self.config
+        host, port = c.load_balancer.publish_host_port
         return LoadBalancerSpec(
             service=self.name,
-            image=self.config.load_balancer.image,
+            image=c.load_balancer.image,
             network=self.network,
             publish_host=host,
             publish_port=port,
-            health_path=self.config.health_path,
-            algorithm=self.config.load_balancer.algorithm,
+            health_path=c.health_path,
+            algorithm=c.load_balancer.algorithm,
         )
 
     def update_config(self, config: ServiceConfig) -> None:
-        """Hot reload: new limits and policy apply from the next cycle; history is kept."""
-        self.config = config
-        self._schedule = ScheduledBounds(config)
+        """Hot reload: the next pass uses the new config; history and replicas are kept."""
+        self._configured = (config, ScheduledBounds(config))
 
-    def setup(self) -> None:
-        """Creates what is missing (network, load balancer) and adopts what exists.
+    def acquire_lease(self) -> str | None:
+        """None when this daemon may act on the service, else who holds it (stand by)."""
+        if self._lease is None or self.dry_run:
+            return None
+        if self._lease.held():
+            return None
+        # Not held (first pass, lost with an engine restart, or standing by): whoever held it
+        # may have changed things, so set up again once it is ours.
+        self._set_up = False
+        try:
+            holder = self._lease.try_acquire()
+        except BackendError as exc:
+            holder = f"unknown: {exc}"
+        self.health.standby_holder = holder
+        self._telemetry.lease_held.labels(self.name).set(0 if holder else 1)
+        if holder is not None:
+            self._once("lease", logging.WARNING,
+                       "another daemon holds this service (%s): standing by, will take over when it exits",
+                       holder)
+        else:
+            self.health.notes.pop("lease", None)
+        return holder
+
+    def setup(self, wait_seconds: float = LB_STARTUP_GRACE_SECONDS) -> list[str]:
+        """Creates what is missing (network, load balancer) and adopts what exists; waits up to
+        wait_seconds for the load balancer's API. Returns what it created ("network",
+        "load-balancer"), so a failed start can remove it again.
 
         In a dry run nothing is created: the service must already have a running load balancer.
         """
+        created: list[str] = []
         if self.dry_run:
             found = self._backend.existing_load_balancer(self.name)
             if found is None:
@@ -185,19 +311,23 @@ class ServiceController:
                 )
             lb, fresh = found, False
         else:
-            self._backend.ensure_network(self.name, self.network)
+            if self._backend.ensure_network(self.name, self.network):
+                created.append("network")
             lb, fresh = self._backend.ensure_load_balancer(self.lb_spec())
+            if fresh:
+                created.append("load-balancer")
+        self._use_load_balancer(lb)
+        if wait_seconds > 0:
+            self._wait_for_lb(wait_seconds)
+        self._set_up = True
+        log.info("ready: load balancer %s%s", lb.name, " (new)" if fresh else " (adopted)", extra=self._extra())
+        return created
+
+    def _use_load_balancer(self, lb: LoadBalancer) -> None:
         self.load_balancer = lb
         self._lb = self._lb_factory(lb)
-        self._wait_for_lb()
-        replicas = [r for r in self._backend.list_replicas(self.name, self.network) if r.running]
-        log.info(
-            "ready: load balancer %s (admin 127.0.0.1:%d), %d running replica(s) adopted%s",
-            lb.name, lb.admin_port, len(replicas), ", load balancer is new" if fresh else "",
-            extra=self._extra(),
-        )
 
-    def _wait_for_lb(self, timeout_seconds: float = 15.0) -> None:
+    def _wait_for_lb(self, timeout_seconds: float) -> None:
         assert self._lb is not None
         deadline = self._clock() + timeout_seconds
         while True:
@@ -207,118 +337,597 @@ class ServiceController:
             except HAProxyError:
                 if self._clock() > deadline:
                     raise
-                self._sleep(HEALTH_POLL_SECONDS)
+                self._sleep(LB_POLL_SECONDS)
 
-    # --- observe --------------------------------------------------------------------------
+    # --- the pass -------------------------------------------------------------------------
 
-    def observe(self, repair: bool = True) -> Observation:
-        """Lists replicas and servers and repairs membership so that the two agree.
+    @property
+    def consecutive_failures(self) -> int:
+        return self._history.consecutive_failures
 
-        With repair=False, and always in a dry run, it only looks and changes nothing.
-        """
-        assert self._lb is not None
-        repair = repair and not self.dry_run
-        replicas = self._backend.list_replicas(self.name, self.network)
+    @property
+    def start_backoff(self) -> bo.Backoff:
+        return self._backoff
+
+    def bounds(self) -> Bounds:
+        return self._configured[1].at_timestamp(self._wall_clock())
+
+    def run_cycle(self) -> Decision | None:
+        """One pass. Returns the decision, or None when there was nothing to decide on (standing
+        by, or the Docker engine is unreachable)."""
+        with self._lock:
+            return self._cycle()
+
+    def _cycle(self) -> Decision | None:
+        config, schedule = self._configured
+        start = now = self._clock()
+        if self.acquire_lease() is not None:
+            return None
         try:
-            backend_stat, servers = self._lb.snapshot()
-        except HAProxyError:
-            if not repair:
-                raise
-            # The load balancer restarted or was removed: bring it back; a new one has no members.
-            log.warning("load balancer not answering: re-creating or restarting it", extra=self._extra())
-            lb, _ = self._backend.ensure_load_balancer(self.lb_spec())
-            self.load_balancer = lb
-            self._lb = self._lb_factory(lb)
-            self._wait_for_lb()
-            backend_stat, servers = self._lb.snapshot()
-
-        running = {r.name: r for r in replicas if r.running}
-        for replica in replicas:
-            if not replica.running:
-                self._repair(repair, "replica %s is %s: removing it", replica.name, replica.state)
-                if repair:
-                    if servers.pop(replica.name, None) is not None:
-                        self._lb.delete_server(replica.name)
-                    self._backend.remove_replica(self.name, replica.id, self.config.stop_timeout_seconds)
-        for name in [n for n in servers if n not in running]:
-            self._repair(repair, "server %s has no running replica: removing it from the load balancer", name)
-            if repair:
-                self._lb.delete_server(name)
-                servers.pop(name)
-
-        views = []
-        for replica in running.values():
-            server = servers.get(replica.name)
-            if replica.ip is None:
-                log.warning("replica %s has no address on %s", replica.name, self.network,
-                            extra=self._extra(replica=replica.name))
-                continue
-            expected = f"{replica.ip}:{self.config.port}"
-            state = replica_state(server)
-            if server is None or server.address != expected:
-                self._repair(repair, "replica %s is not in the load balancer: registering it", replica.name)
-                if repair:
-                    if server is not None:
-                        self._lb.delete_server(replica.name)
-                    self._register(replica)
-                    server = None
-                state = "starting"
-            elif server.maintenance and not server.check_passed and repair and self._startup_expired(replica):
-                log.warning(
-                    "replica %s failed its health check for %.0fs (%s): removing it",
-                    replica.name, self.config.startup_timeout_seconds, server.check_status or "no check",
-                    extra=self._extra(replica=replica.name),
-                )
-                self._lb.delete_server(replica.name)
-                self._backend.remove_replica(self.name, replica.id, self.config.stop_timeout_seconds)
-                continue
-            elif server.maintenance and server.check_passed:
-                self._repair(repair, "replica %s passed its health check: now serving", replica.name)
-                if repair:
-                    self._lb.set_ready(replica.name)
-                    state = "ready"
-            views.append(ReplicaView(replica, state, server))
-        self._registered_at = {n: t for n, t in self._registered_at.items() if n in running}
-        observation = Observation(tuple(views), backend_stat)
+            replicas = self._backend.list_replicas(self.name, self.network)
+        except BackendError as exc:
+            self._engine_unreachable(exc)
+            return None
+        self._engine_reachable()
+        if not self._set_up:
+            try:
+                self.setup(wait_seconds=0)
+            except (BackendError, HAProxyError) as exc:
+                self._once("setup", logging.ERROR, "cannot set up the service: %s (trying again)", exc)
+                return None
+        self._collect(config, now)
+        backend_stat, servers = self._load_balancer_state(config, now)
+        views = self._reconcile(config, replicas, servers, now)
+        if self._spec is None:
+            # First sight: keep what runs, and seed the window with it, as the HPA does, so a
+            # restarted daemon does not scale 6 -> 2 on its first look at a quiet service.
+            self._spec = len([v for v in views if v.state != "draining"]) + self._in_flight_starts()
+            self._history = seed_history(self._spec, now)
+        if not self.dry_run:
+            # Like a ReplicaSet: what died is replaced before the policy looks at the load.
+            views = self._converge(config, views, servers is not None, now)
+        observation = self._observation(views, backend_stat)
+        snapshot = self.snapshot(observation, config)
+        bounds = schedule.at_timestamp(self._wall_clock())
+        decision, self._history = evaluate(snapshot, config.policy, bounds, self._history, now)
+        previous, self.last_decision = self.last_decision, decision
+        self.last_decision_at = self._wall_clock()
+        self.last_snapshot = snapshot
+        self._log_decision(decision, previous)
+        self._telemetry.record_evaluation(
+            decision, snapshot, bounds, config.policy, self._history.consecutive_failures, self.dry_run
+        )
+        if decision.desired != decision.current and not self.dry_run:
+            self._apply_decision(decision, now)
+            self._telemetry.record_scale(self.name, str(decision.direction), decision.reason)
+            views = self._converge(config, views, servers is not None, now)
+            observation = self._observation(views, backend_stat)
         self.last_observation = observation
-        return observation
+        self._record_state(now)
+        self._telemetry.loop_duration.labels(self.name).observe(self._clock() - start)
+        return decision
 
-    def _repair(self, repair: bool, message: str, *args: object) -> None:
-        replica = args[0] if args else None
-        if repair:
-            log.info(message, *args, extra=self._extra(replica=replica))
+    def progress(self) -> None:
+        """The short step between passes: registers finished starts, promotes replicas whose
+        check passed, finishes drains. Skipped if a pass is running (it does the same)."""
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            if not self._set_up or self.dry_run or self.health.engine_down_since is not None:
+                return
+            config = self.config
+            now = self._clock()
+            self._collect(config, now)
+            if self._lb is None or not any(
+                _in_transition(t) for n, t in self._tracked.items() if n not in self._removing
+            ):
+                return
+            try:
+                servers = self._lb.servers()
+            except HAProxyError:
+                return  # the next pass looks into it
+            for name, tracked in list(self._tracked.items()):
+                server = servers.get(name)
+                if server is None or name in self._removing:
+                    continue
+                if tracked.drain_deadline is not None:
+                    if server.sessions_current == 0 or now >= tracked.drain_deadline:
+                        self._finish_drain(config, name, tracked, server, now)
+                elif _in_transition(tracked) and server.maintenance and server.check_passed:
+                    self._promote(name, tracked, now)
+            self._record_state(now)
+        finally:
+            self._lock.release()
+
+    # --- observe: engine and load balancer ------------------------------------------------
+
+    def _engine_unreachable(self, exc: BackendError) -> None:
+        if self.health.engine_down_since is None:
+            self.health.engine_down_since = self._wall_clock()
+            self._telemetry.engine_outages.labels(self.name).inc()
+        self.health.engine_error = str(exc)
+        self._telemetry.engine_up.labels(self.name).set(0)
+        self._once("engine", logging.WARNING,
+                   "Docker engine not reachable (%s): holding, retrying every interval", exc)
+
+    def _engine_reachable(self) -> None:
+        down_since = self.health.engine_down_since
+        self._telemetry.engine_up.labels(self.name).set(1)
+        if down_since is not None:
+            self.health.engine_down_since = None
+            self._once("engine", logging.WARNING, "Docker engine reachable again after %.0fs",
+                       self._wall_clock() - down_since)
+
+    def _load_balancer_state(
+        self, config: ServiceConfig, now: float
+    ) -> tuple[BackendStat | None, dict[str, ServerStat] | None]:
+        """The load balancer's stats, or (None, None) while it is down; then one non-blocking
+        repair step (create, start or replace it, within its own backoff)."""
+        if self._lb is not None:
+            try:
+                backend_stat, servers = self._lb.snapshot()
+            except HAProxyError as exc:
+                error = str(exc)
+            else:
+                if self.health.lb_down_since is not None:
+                    self._once("lb", logging.WARNING, "load balancer answering again after %.0fs",
+                               self._wall_clock() - self.health.lb_down_since)
+                    self.health.lb_down_since = None
+                self._lb_backoff = bo.maybe_reset(
+                    bo.after_ready(self._lb_backoff, now, now), now, config.backoff_max_seconds
+                )
+                self._telemetry.lb_up.labels(self.name).set(1)
+                return backend_stat, servers
         else:
-            log.debug("[dry run] would do: " + message, *args, extra=self._extra(replica=replica))
+            error = "no load balancer yet"
+        if self.health.lb_down_since is None:
+            self.health.lb_down_since = self._wall_clock()
+        self.health.lb_error = error
+        self._telemetry.lb_up.labels(self.name).set(0)
+        if not self.dry_run:
+            self._repair_load_balancer(config, now, error)
+        return None, None
 
-    def _startup_expired(self, replica: Replica) -> bool:
-        """Whether a replica still failing its check has had startup_timeout_seconds to pass it.
+    def _repair_load_balancer(self, config: ServiceConfig, now: float, error: str) -> None:
+        try:
+            container = self._backend.load_balancer_container(self.name)
+            if container is not None and container.state == "running":
+                started = container.started_at_seconds or 0.0
+                if self._wall_clock() - started < LB_STARTUP_GRACE_SECONDS:
+                    self._once("lb", logging.INFO, "load balancer %s is starting", container.name)
+                    if self.load_balancer is None or self.load_balancer.id != container.id:
+                        self._use_load_balancer(self._backend.load_balancer_info(self.name, container.id))
+                    return
+            if now < self._lb_backoff.retry_at:
+                return
+            if container is None:
+                self._once("lb", logging.WARNING, "load balancer missing (%s): creating it", error)
+                container_id = self._backend.create_load_balancer(self.lb_spec(config))
+            elif container.state == "running":
+                self._once("lb", logging.WARNING,
+                           "load balancer %s runs but its API has not answered for %.0fs (%s): replacing it",
+                           container.name, LB_STARTUP_GRACE_SECONDS, error)
+                self._backend.remove_load_balancer(self.name, container.id)
+                container_id = self._backend.create_load_balancer(self.lb_spec(config))
+            elif container.state == "restarting":
+                report = self._backend.exit_report(self.name, container.id)
+                self._once("lb", logging.WARNING, "load balancer %s keeps restarting (%s)",
+                           container.name, report.describe())
+                self._lb_backoff = bo.after_failure(self._lb_backoff, now, report.describe(),
+                                                    config.backoff_initial_seconds, config.backoff_max_seconds)
+                self._telemetry.lb_restarts.labels(self.name).inc()
+                return
+            else:
+                report = self._backend.exit_report(self.name, container.id)
+                self._once("lb", logging.WARNING, "load balancer %s is %s (%s): starting it",
+                           container.name, container.state, report.describe())
+                self._backend.start_load_balancer(self.name, container.id)
+                container_id = container.id
+            self._lb_backoff = bo.after_failure(self._lb_backoff, now, error,
+                                                config.backoff_initial_seconds, config.backoff_max_seconds)
+            self._telemetry.lb_restarts.labels(self.name).inc()
+            self._use_load_balancer(self._backend.load_balancer_info(self.name, container_id))
+            # A new HAProxy has no members: every replica is registered again.
+            for tracked in self._tracked.values():
+                tracked.registered_at = None
+        except BackendError as exc:
+            self._lb_backoff = bo.after_failure(self._lb_backoff, now, str(exc),
+                                                config.backoff_initial_seconds, config.backoff_max_seconds)
+            self._once("lb", logging.ERROR, "cannot bring the load balancer back: %s (next try in %.0fs)",
+                       exc, bo.seconds_until_retry(self._lb_backoff, now))
 
-        Counted from creation and from registration: after an HAProxy restart, or on adoption by
-        a fresh load balancer, old replicas are re-registered and must get a fresh chance rather
-        than be removed all at once. A server registered by an earlier run of the daemon counts
-        from when this controller first saw it.
+    # --- repair: one replica at a time ----------------------------------------------------
+
+    def _reconcile(
+        self, config: ServiceConfig, replicas: list[Replica], servers: dict[str, ServerStat] | None, now: float
+    ) -> list[ReplicaView]:
+        """Brings each replica one step along starting -> ready -> draining -> removed (or
+        failed), and the load balancer's membership in line with the running replicas."""
+        repair = not self.dry_run and servers is not None
+        starting_names = self._expected_starts
+        listed = {r.name for r in replicas}
+        views: list[ReplicaView] = []
+        failures_this_pass = 0
+        for replica in replicas:
+            if replica.name in starting_names or replica.state == "removing":
+                continue
+            if replica.name in self._removing:
+                if replica.name not in self._ops.in_flight("remove") and not self.dry_run:
+                    self._submit_removal(config, replica.name, replica.id, force=True)  # an earlier try failed
+                continue
+            if replica.terminated and self.dry_run:
+                continue  # a dry run reports what it sees and removes nothing
+            tracked = self._tracked.get(replica.name)
+            if tracked is None:
+                tracked = self._tracked[replica.name] = Tracked(replica.id, now, replica.created_at_seconds)
+            server = servers.get(replica.name) if servers is not None else None
+            never_started = replica.state == "created" and now - tracked.first_seen_at > config.startup_timeout_seconds
+            if (replica.terminated or never_started) and not self.dry_run:
+                failures_this_pass += self._fail_exited(config, replica, tracked, server, now, failures_this_pass)
+                continue
+            view = self._step(config, replica, tracked, server, servers, now, repair)
+            if view is not None:
+                views.append(view)
+        if repair:
+            assert servers is not None and self._lb is not None
+            for name in [n for n in servers if n not in listed and n not in starting_names]:
+                self._note("server %s has no replica: removing it from the load balancer", name)
+                self._lb_call(self._lb.delete_server, name)
+        # Forget what is gone, so memory stays bounded as replicas come and go.
+        for name in [n for n in self._tracked if n not in listed and n not in starting_names]:
+            del self._tracked[name]
+        for name in [n for n in self._removing if n not in listed]:
+            del self._removing[name]
+        return views
+
+    def _step(
+        self,
+        config: ServiceConfig,
+        replica: Replica,
+        tracked: Tracked,
+        server: ServerStat | None,
+        servers: dict[str, ServerStat] | None,
+        now: float,
+        repair: bool,
+    ) -> ReplicaView | None:
+        name = replica.name
+        if servers is None:
+            # No load balancer: nobody is served. Keep what we last knew of each replica.
+            state = "draining" if tracked.drain_deadline is not None else (
+                "ready" if tracked.ready_since is not None and tracked.unhealthy_since is None else "starting")
+            return ReplicaView(replica, state, None)
+        assert self._lb is not None
+        if tracked.drain_deadline is not None or (server is not None and server.draining):
+            if not repair:
+                return ReplicaView(replica, "draining", server)
+            if tracked.drain_deadline is None:  # a drain an earlier run left behind
+                tracked.drain_deadline = now + config.policy.drain_timeout_seconds
+            if server is None or server.sessions_current == 0 or now >= tracked.drain_deadline:
+                self._finish_drain(config, name, tracked, server, now)
+                return None
+            return ReplicaView(replica, "draining", server)
+        port = replica.port or config.port
+        expected = f"{replica.ip}:{port}" if replica.ip else None
+        if expected is not None and (server is None or server.address != expected):
+            if repair:
+                self._note("replica %s is not in the load balancer: registering it", name)
+                if server is not None:
+                    self._lb_call(self._lb.delete_server, name)
+                self._register(name, tracked, replica.ip, port, now)  # type: ignore[arg-type]
+            return ReplicaView(replica, "starting", None)
+        if server is not None and replica.state == "paused" and not server.maintenance:
+            # Frozen: it accepts connections and answers none. Out of rotation now, not on the
+            # next failed check; it comes back once it answers its check again.
+            if repair:
+                self._note("replica %s is paused: out of rotation until it passes its check again", name)
+                self._lb_call(self._lb.set_maint, name)
+            tracked.unhealthy_since = tracked.unhealthy_since or now
+            return ReplicaView(replica, "starting", server)
+        if server is not None and server.serving:
+            if tracked.ready_since is None:
+                tracked.ready_since = now
+            if tracked.unhealthy_since is not None:
+                tracked.unhealthy_since = None
+                self._note("replica %s passes its check again: serving", name)
+            return ReplicaView(replica, "ready", server)
+        if server is not None and server.maintenance and server.check_passed and replica.state == "running":
+            if repair:
+                self._promote(name, tracked, now)
+                return ReplicaView(replica, "ready", server)
+            return ReplicaView(replica, "starting", server)
+        # Not serving: still starting, failing its check, paused, or without an address.
+        if tracked.ready_since is not None and tracked.unhealthy_since is None:
+            tracked.unhealthy_since = now
+        if repair and self._timed_out(config, tracked, now):
+            check = server.check_status if server is not None else "no address on the network"
+            why = "paused" if replica.state == "paused" else f"check {check or 'not run'}"
+            self._fail(config, name, tracked, server, now, "unhealthy",
+                       f"not healthy for {config.startup_timeout_seconds:g}s ({why})", counts=True)
+            return None
+        return ReplicaView(replica, "starting", server)
+
+    def _timed_out(self, config: ServiceConfig, tracked: Tracked, now: float) -> bool:
+        """Whether a replica out of rotation has had startup_timeout_seconds to get healthy.
+
+        A starting one counts from its creation and from when this controller first saw it (an
+        adopted replica gets a fresh chance); one that served counts from when it stopped.
         """
-        timeout = self.config.startup_timeout_seconds
-        registered_at = self._registered_at.setdefault(replica.name, self._clock())
-        return (
-            self._wall_clock() - replica.created_at_seconds > timeout
-            and self._clock() - registered_at > timeout
+        timeout = config.startup_timeout_seconds
+        if tracked.unhealthy_since is not None:
+            return now - tracked.unhealthy_since > timeout
+        seen = tracked.registered_at if tracked.registered_at is not None else tracked.first_seen_at
+        return now - tracked.first_seen_at > timeout and now - seen > timeout and (
+            self._wall_clock() - tracked.created_at_wall > timeout
         )
 
-    def _register(self, replica: Replica) -> None:
+    def _register(self, name: str, tracked: Tracked, ip: str, port: int, now: float) -> None:
         """Adds a replica in maintenance with health checks on; it serves once they pass."""
-        assert self._lb is not None and replica.ip is not None
-        self._lb.add_server(replica.name, replica.ip, self.config.port)
-        self._lb.enable_health(replica.name)
-        self._registered_at[replica.name] = self._clock()
-        log.info("registered replica %s (%s) in the load balancer; waiting for health",
-                 replica.name, replica.ip, extra=self._extra(replica=replica.name))
+        assert self._lb is not None
+        if self._lb_call(self._lb.add_server, name, ip, port) and self._lb_call(self._lb.enable_health, name):
+            tracked.registered_at = now
+            if tracked.ready_since is not None and tracked.unhealthy_since is None:
+                tracked.unhealthy_since = now  # it served before (e.g. a new HAProxy): not now
+            log.debug("registered replica %s (%s:%d); waiting for its check", name, ip, port,
+                      extra=self._extra(replica=name))
+
+    def _promote(self, name: str, tracked: Tracked, now: float) -> None:
+        assert self._lb is not None
+        if not self._lb_call(self._lb.set_ready, name):
+            return
+        tracked.ready_since = now
+        tracked.unhealthy_since = None
+        was_backing_off = self._backoff.active and self._backoff.recovered_at is None
+        self._backoff = bo.after_ready(self._backoff, now, tracked.first_seen_at)
+        waited = now - (tracked.first_seen_at if tracked.started_by_us else tracked.registered_at or now)
+        log.info("replica %s passed its health check: serving%s", name,
+                 f" ({waited:.1f}s after its start)" if tracked.started_by_us else "",
+                 extra=self._extra(replica=name))
+        if was_backing_off and self._backoff.recovered_at is not None:
+            self._note("a replica started after the last failure is ready: starting in batches again")
+
+    def _finish_drain(
+        self, config: ServiceConfig, name: str, tracked: Tracked, server: ServerStat | None, now: float
+    ) -> None:
+        assert self._lb is not None
+        left = server.sessions_current if server is not None else 0
+        if left:
+            log.warning("drain timeout (%gs) for %s: closing %d session(s)",
+                        config.policy.drain_timeout_seconds, name, left, extra=self._extra(replica=name))
+        if server is not None and not self._lb_call(self._lb.delete_server, name):
+            return  # try again at the next step
+        self._submit_removal(config, name, tracked.container_id, force=False)
+        log.info("removed replica %s from the load balancer (drained); stopping it", name,
+                 extra=self._extra(replica=name))
+
+    def _submit_removal(self, config: ServiceConfig, name: str, container_id: str, force: bool) -> None:
+        self._removing[name] = container_id
+        stop_timeout = config.stop_timeout_seconds
+        self._ops.submit(
+            "remove", name,
+            lambda: self._backend.remove_replica(self.name, container_id, stop_timeout, force=force),
+        )
+
+    # --- failures -------------------------------------------------------------------------
+
+    def _fail_exited(
+        self, config: ServiceConfig, replica: Replica, tracked: Tracked, server: ServerStat | None,
+        now: float, failures_this_pass: int,
+    ) -> int:
+        """Reports a replica that stopped (exit code, OOM, last output) and removes it.
+        Returns 1 if it counted toward the backoff."""
+        try:
+            report = self._backend.exit_report(self.name, replica.id)
+        except BackendError as exc:
+            report = ExitReport(None, False, f"unreadable: {exc}", ())
+        if replica.state == "created":
+            reason, counts = "never_started", True
+            detail = f"created but never started for {config.startup_timeout_seconds:g}s"
+        else:
+            reason, counts = classify_exit(report, tracked.ready_since is not None)
+            detail = f"{replica.state}: {report.describe()}"
+        # Many replicas found dead in one pass (an engine restart) are one failure, not many.
+        self._fail(config, replica.name, tracked, server, now, reason, detail,
+                   counts=counts and failures_this_pass == 0)
+        return 1 if counts else 0
+
+    def _fail(
+        self, config: ServiceConfig, name: str, tracked: Tracked, server: ServerStat | None,
+        now: float, reason: str, detail: str, counts: bool,
+    ) -> None:
+        if server is not None and self._lb is not None:
+            self._lb_call(self._lb.delete_server, name)
+        self._submit_removal(config, name, tracked.container_id, force=True)
+        tracked.failed = True
+        never_ready = tracked.ready_since is None
+        if never_ready:
+            self._telemetry.start_failures.labels(self.name, reason).inc()
+        else:
+            self._telemetry.replica_failures.labels(self.name, reason).inc()
+        if tracked.counted_at is not None and never_ready:
+            # A scale-out that did not happen: the rate rules must not count it, and the
+            # count to keep drops back to what really started.
+            self._history = _uncount_scale_up(self._history, tracked.counted_at)
+            if self._spec is not None:
+                self._spec -= 1
+        what = "failed to start" if never_ready else "failed"
+        message = f"replica {name} {what} ({reason}): {detail}"
+        self.health.last_failure = message
+        self.health.last_failure_at = self._wall_clock()
+        if counts:
+            self._backoff = bo.after_failure(self._backoff, now, message,
+                                             config.backoff_initial_seconds, config.backoff_max_seconds)
+            message += f"; next start in {bo.seconds_until_retry(self._backoff, now):g}s" \
+                       f" (failure {self._backoff.failures} in a row)"
+        else:
+            message += "; replacing it"
+        level = logging.WARNING
+        if self.health.notes.get("failure-reason") == reason:
+            level = logging.INFO  # the same failure again: the first one said it all
+        self.health.notes["failure-reason"] = reason
+        log.log(level, "%s", message, extra=self._extra(replica=name, reason=reason))
+
+    def _start_failed(self, config: ServiceConfig, name: str, counted_at: float | None, exc: Exception, now: float) -> None:
+        reason = "create_failed"
+        message = f"replica {name} could not be started: {exc}"
+        self._telemetry.start_failures.labels(self.name, reason).inc()
+        if counted_at is not None:
+            self._history = _uncount_scale_up(self._history, counted_at)
+            if self._spec is not None:
+                self._spec -= 1
+        self._backoff = bo.after_failure(self._backoff, now, message,
+                                         config.backoff_initial_seconds, config.backoff_max_seconds)
+        self.health.last_failure = message
+        self.health.last_failure_at = self._wall_clock()
+        level = logging.INFO if self.health.notes.get("failure-reason") == str(exc) else logging.WARNING
+        self.health.notes["failure-reason"] = str(exc)
+        log.log(level, "%s; next start in %gs (failure %d in a row)", message,
+                bo.seconds_until_retry(self._backoff, now), self._backoff.failures,
+                extra=self._extra(replica=name, reason=reason))
+
+    # --- act ------------------------------------------------------------------------------
+
+    def _collect(self, config: ServiceConfig, now: float) -> None:
+        """Takes in the outcomes of finished starts and removals."""
+        for outcome in self._ops.completed():
+            if outcome.kind == "start":
+                self._expected_starts.discard(outcome.key)
+                self._started(config, outcome, now)
+            elif outcome.kind == "remove" and outcome.error is not None:
+                log.warning("could not remove replica %s: %s (trying again)", outcome.key, outcome.error,
+                            extra=self._extra(replica=outcome.key))
+
+    def _started(self, config: ServiceConfig, outcome: Outcome, now: float) -> None:
+        counted_at = outcome.context.get("counted_at")
+        submitted_at = outcome.context.get("submitted_at", now)
+        if outcome.error is not None:
+            self._start_failed(config, outcome.key, counted_at, outcome.error, now)
+            return
+        replica: Replica = outcome.value
+        tracked = self._tracked[replica.name] = Tracked(
+            replica.id, submitted_at, replica.created_at_seconds, started_by_us=True, counted_at=counted_at
+        )
+        log.info("started replica %s (%.2fs)", replica.name, now - submitted_at, extra=self._extra(replica=replica.name))
+        if replica.running and replica.ip and self._lb is not None and self.health.lb_down_since is None:
+            self._register(replica.name, tracked, replica.ip, replica.port or config.port, now)
+        # An exit right away is found by the next pass, with its exit code and output.
+
+    def _apply_decision(self, decision: Decision, now: float) -> None:
+        """The decided count becomes the count to keep; the rate rules' history learns what
+        is started (now, corrected if a start fails) and what is drained (when it is)."""
+        change = decision.desired - decision.current
+        if change > 0:
+            self._counted.extend([now] * change)
+            self._history = self._history._replace(
+                scale_up_events=self._history.scale_up_events + (TimedValue(now, change),)
+            )
+        self._spec = decision.desired
+
+    def _in_flight_starts(self) -> int:
+        return len(self._expected_starts)
+
+    def _converge(
+        self, config: ServiceConfig, views: list[ReplicaView], lb_up: bool, now: float
+    ) -> list[ReplicaView]:
+        """Starts replicas up to the count to keep, or drains the surplus. Never waits."""
+        assert self._spec is not None
+        active = [v for v in views if v.state != "draining"]
+        in_flight = self._in_flight_starts()
+        count = len(active) + in_flight
+        # Decided starts beyond what is still missing will not happen: the count went down first.
+        self._drop_counted(len(self._counted) - max(0, self._spec - count))
+        if count < self._spec:
+            wanted = self._spec - count
+            starting = in_flight + sum(
+                1 for v in active if v.state == "starting" and self._tracked[v.replica.name].started_by_us
+                and self._tracked[v.replica.name].ready_since is None
+            )
+            allowed = bo.starts_allowed(self._backoff, now, wanted, starting)
+            for _ in range(allowed):
+                self._submit_start(config, self._counted.pop(0) if self._counted else None, now)
+            if allowed < wanted and self._backoff.active:
+                self._once("backoff", logging.INFO,
+                           "start backoff: %d replica(s) wanted, next start in %.0fs (%d failure(s): %s)",
+                           wanted - allowed, max(bo.seconds_until_retry(self._backoff, now), 0),
+                           self._backoff.failures, self._backoff.reason)
+        elif count > self._spec:
+            if lb_up:
+                victims = choose_victims(active, count - self._spec - in_flight)
+                for view in victims:
+                    self._retire(config, view, now)
+                if victims:
+                    self._history = self._history._replace(
+                        scale_down_events=self._history.scale_down_events + (TimedValue(now, len(victims)),)
+                    )
+                    retired = {v.replica.name for v in victims}
+                    views = [
+                        ReplicaView(v.replica, "draining", v.server) if v.replica.name in retired else v
+                        for v in views if not (v.replica.name in retired and v.state == "starting")
+                    ]
+        if not self._backoff.active or self._backoff.recovered_at is not None:
+            self.health.notes.pop("backoff", None)
+        previous = self._backoff
+        self._backoff = bo.maybe_reset(self._backoff, now, config.backoff_max_seconds)
+        if previous.active and not self._backoff.active:
+            self._note("healthy for %gs since the last failure: start backoff reset", config.backoff_max_seconds)
+        return views
+
+    def _drop_counted(self, count: int) -> None:
+        for _ in range(max(0, min(count, len(self._counted)))):
+            self._history = _uncount_scale_up(self._history, self._counted.pop())
+
+    def _submit_start(self, config: ServiceConfig, counted_at: float | None, now: float) -> None:
+        spec = self.replica_spec(config)
+        name = self._backend.new_replica_name(self.name)
+        self._expected_starts.add(name)
+        self._ops.submit(
+            "start", name, lambda: self._backend.start_replica(spec, name),
+            counted_at=counted_at, submitted_at=now,
+        )
+
+    def _retire(self, config: ServiceConfig, view: ReplicaView, now: float) -> None:
+        """Scale-in of one replica: a serving one drains first; one that serves nobody goes now."""
+        assert self._lb is not None
+        name = view.replica.name
+        tracked = self._tracked[name]
+        if view.state == "starting":
+            if view.server is not None:
+                self._lb_call(self._lb.delete_server, name)
+            self._submit_removal(config, name, tracked.container_id, force=True)
+            log.info("removing replica %s (not serving yet)", name, extra=self._extra(replica=name))
+            return
+        if self._lb_call(self._lb.set_drain, name):
+            tracked.drain_deadline = now + config.policy.drain_timeout_seconds
+            sessions = view.server.sessions_current if view.server is not None else 0
+            log.info("draining replica %s (%d session(s))", name, sessions, extra=self._extra(replica=name))
+
+    def _lb_call(self, fn: Callable[..., None], *args: object) -> bool:
+        """One membership change; a failure is logged and retried by the next pass."""
+        try:
+            fn(*args)
+            return True
+        except HAProxyError as exc:
+            log.warning("%s", exc, extra=self._extra())
+            return False
+
+    def _note(self, message: str, *args: object) -> None:
+        replica = args[0] if args else None
+        if self.dry_run:
+            log.debug("[dry run] would do: " + message, *args, extra=self._extra(replica=replica))
+        else:
+            log.info(message, *args, extra=self._extra(replica=replica))
 
     # --- measure --------------------------------------------------------------------------
 
-    def snapshot(self, observation: Observation) -> ServiceSnapshot:
+    def _observation(self, views: list[ReplicaView], backend_stat: BackendStat | None) -> Observation:
+        in_flight = self._in_flight_starts()
+        active = len([v for v in views if v.state != "draining"])
+        pending = max(0, (self._spec or 0) - active - in_flight) if not self.dry_run else 0
+        return Observation(tuple(views), backend_stat, in_flight, pending)
+
+    def snapshot(self, observation: Observation, config: ServiceConfig | None = None) -> ServiceSnapshot:
+        config = config or self.config
         active = observation.active
-        readings = self._backend.read_stats(self.name, [v.replica.id for v in active])
+        readings = self._backend.read_stats(self.name, [v.replica.id for v in active]) if active else {}
         now_wall = self._wall_clock()
         now = self._clock()
         samples = []
@@ -332,8 +941,8 @@ class ServiceController:
             if reading is not None:
                 before = self._previous_stats.get(replica.id)
                 if before is not None:
-                    cpu = cpu_percent(before, reading, self.config.cpu_limit)
-                mem = memory_percent(reading, self.config.memory_limit)
+                    cpu = cpu_percent(before, reading, config.cpu_limit)
+                mem = memory_percent(reading, config.memory_limit)
                 previous_stats[replica.id] = reading
             rps = rt = None
             if view.server is not None:
@@ -360,6 +969,10 @@ class ServiceController:
                     reading.memory_used_bytes if reading is not None else None,
                 )
             )
+        # Replicas on their way (starting, or held back by the backoff) count toward the size,
+        # with no reading: missing, as the HPA treats a pod that has no metrics yet.
+        for index in range(observation.in_flight + observation.pending):
+            samples.append(ReplicaSample(name=f"(pending {index + 1})", ready=False, age_seconds=0.0))
         # Keep only live replicas' readings: no unbounded growth as replicas come and go.
         self._previous_stats = previous_stats
         self._previous_requests = previous_requests
@@ -368,6 +981,8 @@ class ServiceController:
         # no reading at all, not an empty answer.
         if active and all(readings.get(v.replica.id) is None for v in active):
             metrics_error = "no stats from the Docker engine"
+        elif not active:
+            metrics_error = "no replica running"
         backend = observation.backend
         queue = float(backend.queue_current) if backend else None
         self._telemetry.record_replica_samples(self.name, replica_metrics)
@@ -377,57 +992,35 @@ class ServiceController:
         )
         return ServiceSnapshot(self.name, tuple(samples), queue, metrics_error)
 
-    # --- the cycle ------------------------------------------------------------------------
-
-    @property
-    def consecutive_failures(self) -> int:
-        return self._history.consecutive_failures
-
-    def bounds(self) -> Bounds:
-        return self._schedule.at_timestamp(self._wall_clock())
-
-    def run_cycle(self) -> Decision:
-        start = self._clock()
-        observation = self.observe()
-        if not self.dry_run:
-            if observation.in_state("draining"):
-                self.finish_draining(observation)
-                observation = self.observe()
-            lost = (self._spec or 0) - len(observation.active)
-            if lost > 0:
-                # Like a ReplicaSet: what died is replaced before the policy looks at the load.
-                log.warning("replacing %d replica(s) that died or vanished", lost, extra=self._extra())
-                self.scale_out(lost)
-                observation = self.observe()
-        snapshot = self.snapshot(observation)
-        now = self._clock()
-        bounds = self.bounds()
-        decision, self._history = evaluate(snapshot, self.config.policy, bounds, self._history, now)
-        previous, self.last_decision = self.last_decision, decision
-        self.last_decision_at = self._wall_clock()
-        self.last_snapshot = snapshot
-        self._log_decision(decision, previous)
-        self._telemetry.record_evaluation(
-            decision, snapshot, bounds, self.config.policy, self._history.consecutive_failures, self.dry_run
-        )
-        self._telemetry.record_replicas(self.name, observation.counts())
-        if not self.dry_run:
-            self._spec = decision.desired
-        if decision.desired != decision.current and not self.dry_run:
-            self._converge(observation, decision.desired)
-            self._history = record_scale(self._history, now, decision.current, decision.desired)
-            self._telemetry.record_scale(self.name, str(decision.direction), decision.reason)
-            # Report what the action left, not what the cycle started from.
-            self._telemetry.record_replicas(self.name, self.observe(repair=False).counts())
-        self._telemetry.loop_duration.labels(self.name).observe(self._clock() - start)
-        return decision
+    def _record_state(self, now: float) -> None:
+        """Replica counts and backoff as they are now, for the gauges and `status`."""
+        starting = self._in_flight_starts()
+        counts = {"ready": 0, "starting": starting, "draining": 0}
+        for name, tracked in self._tracked.items():
+            if tracked.failed or name in self._removing:
+                continue
+            if tracked.drain_deadline is not None:
+                counts["draining"] += 1
+            elif tracked.ready_since is not None and tracked.unhealthy_since is None:
+                counts["ready"] += 1
+            else:
+                counts["starting"] += 1
+        self.replica_counts = counts
+        self._telemetry.record_replicas(self.name, counts)
+        self._telemetry.start_backoff.labels(self.name).set(bo.seconds_until_retry(self._backoff, now))
+        self._telemetry.start_backoff_failures.labels(self.name).set(self._backoff.failures)
 
     def _log_decision(self, decision: Decision, previous: Decision | None) -> None:
-        # Every change and every new reason is logged at info; the same "no change" again and
-        # again (one per interval) only at debug, so the log reads as a history of decisions.
-        repeated = previous is not None and previous.reason == decision.reason
-        level = logging.DEBUG if decision.desired == decision.current and repeated else logging.INFO
-        if decision.reason in ("metrics_unavailable", "fallback"):
+        # Every change and every new reason is logged at info; the same decision again (one per
+        # interval, e.g. "hold", or a scale-out the backoff holds back) only at debug, so the
+        # log reads as a history of decisions.
+        key = (decision.reason, decision.current, decision.desired)
+        repeated = previous is not None and previous.reason == decision.reason and (
+            decision.desired == decision.current or key == self._last_logged
+        )
+        self._last_logged = key
+        level = logging.DEBUG if repeated else logging.INFO
+        if self._history.consecutive_failures > 0 and not repeated:  # metrics failing, fallback or not
             level = logging.WARNING
         prefix = "[dry run] " if self.dry_run else ""
         log.log(
@@ -438,105 +1031,50 @@ class ServiceController:
             ),
         )
 
-    # --- act ------------------------------------------------------------------------------
+    # --- shutdown -------------------------------------------------------------------------
 
-    def _converge(self, observation: Observation, desired: int) -> None:
-        active = observation.active
-        if desired > len(active):
-            self.scale_out(desired - len(active))
-        elif desired < len(active):
-            self.scale_in(choose_victims(active, len(active) - desired))
+    def close(self, timeout_seconds: float = 10.0) -> list[str]:
+        """Waits up to timeout_seconds for the pass and the operations in progress; returns
+        what it abandoned. Releases the lease either way."""
+        deadline = time.monotonic() + timeout_seconds
+        abandoned: list[str] = []
+        got_lock = self._lock.acquire(timeout=max(0.0, timeout_seconds))
+        try:
+            if not got_lock:
+                abandoned.append("a pass in progress")
+            if not self._ops.wait_idle(max(0.0, deadline - time.monotonic())):
+                abandoned += [f"{kind} of {name}" for kind in ("start", "remove") for name in self._ops.in_flight(kind)]
+            if got_lock:
+                self._collect(self.config, self._clock())  # log what finished in time
+            self._ops.close()
+            if self._lease is not None:
+                self._lease.release()
+        finally:
+            if got_lock:
+                self._lock.release()
+        return abandoned
 
-    def scale_out(self, count: int) -> list[Replica]:
-        """Starts `count` replicas side by side, registers them, and waits until they serve."""
-        spec = self.replica_spec()
-        started = list(self._pool.map(lambda _: self._backend.start_replica(spec), range(count)))
-        for replica in started:
-            log.info("started replica %s", replica.name, extra=self._extra(replica=replica.name))
-            self._register(replica)
-        self.wait_serving([r.name for r in started], self.config.startup_timeout_seconds)
-        return started
 
-    def wait_serving(self, names: Sequence[str], timeout_seconds: float) -> list[str]:
-        """Promotes each replica to ready once its check passed; returns those still waiting."""
-        assert self._lb is not None
-        waiting = set(names)
-        deadline = self._clock() + timeout_seconds
-        while waiting:
-            servers = self._lb.servers()
-            for name in sorted(waiting):
-                server = servers.get(name)
-                if server is None:
-                    waiting.discard(name)
-                elif server.check_passed:
-                    if server.maintenance:
-                        self._lb.set_ready(name)
-                    log.info("replica %s passed its health check: now serving", name,
-                             extra=self._extra(replica=name))
-                    waiting.discard(name)
-            if not waiting or self._clock() > deadline:
-                break
-            self._sleep(HEALTH_POLL_SECONDS)
-        for name in sorted(waiting):
-            log.warning("replica %s not healthy after %.0fs; will keep checking", name, timeout_seconds,
-                        extra=self._extra(replica=name))
-        return sorted(waiting)
+def _in_transition(tracked: Tracked) -> bool:
+    """Waiting for its check (new, re-registered, or back from a pause), or draining."""
+    if tracked.failed:
+        return False
+    return tracked.drain_deadline is not None or tracked.ready_since is None or tracked.unhealthy_since is not None
 
-    def scale_in(self, victims: Sequence[ReplicaView]) -> None:
-        """Drains each victim, waits for its sessions to end (bounded), then removes it."""
-        assert self._lb is not None
-        lb = self._lb
-        if self.last_observation is not None:
-            # While the drain runs (up to drain_timeout_seconds) the gauge shows it.
-            counts = self.last_observation.counts()
-            for view in victims:
-                counts[view.state] = counts.get(view.state, 0) - 1
-                counts["draining"] = counts.get("draining", 0) + 1
-            self._telemetry.record_replicas(self.name, counts)
-        for view in victims:
-            lb.set_drain(view.replica.name)
-            log.info("draining replica %s (%d session(s))", view.replica.name,
-                     view.server.sessions_current if view.server else 0,
-                     extra=self._extra(replica=view.replica.name))
-        pending = {v.replica.name for v in victims}
-        deadline = self._clock() + self.config.policy.drain_timeout_seconds
-        while pending:
-            servers = lb.servers()
-            for name in sorted(pending):
-                server = servers.get(name)
-                if server is None or server.sessions_current == 0:
-                    pending.discard(name)
-            if not pending:
-                break
-            if self._clock() > deadline:
-                log.warning("drain timeout (%.0fs) for %s: closing remaining sessions",
-                            self.config.policy.drain_timeout_seconds, ", ".join(sorted(pending)),
-                            extra=self._extra())
-                break
-            self._sleep(HEALTH_POLL_SECONDS)
 
-        def remove(view: ReplicaView) -> None:
-            lb.delete_server(view.replica.name)
-            self._backend.remove_replica(self.name, view.replica.id, self.config.stop_timeout_seconds)
-            log.info("removed replica %s", view.replica.name, extra=self._extra(replica=view.replica.name))
-
-        list(self._pool.map(remove, victims))
-
-    def finish_draining(self, observation: Observation) -> None:
-        """A drain a previous run left behind (e.g. the daemon was killed mid-drain)."""
-        leftovers = observation.in_state("draining")
-        if leftovers and not self.dry_run:
-            self.scale_in(leftovers)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
+def _uncount_scale_up(history: History, decided_at: float) -> History:
+    """A scale-up start that failed or will not happen: take it back out of the rate rules'
+    history, at the time it was counted, so it leaves their periods with its decision."""
+    events = list(history.scale_up_events)
+    insort(events, TimedValue(decided_at, -1), key=lambda e: e.at_seconds)
+    return history._replace(scale_up_events=tuple(events))
 
 
 def choose_victims(active: Sequence[ReplicaView], count: int) -> list[ReplicaView]:
-    """Fewest current sessions first; ties go to the newest replica (least warmed up)."""
-    def key(view: ReplicaView) -> tuple[int, float]:
+    """Replicas that serve nobody first (as a ReplicaSet deletes unready pods first), then the
+    fewest current sessions; ties go to the newest replica (least warmed up)."""
+    def key(view: ReplicaView) -> tuple[int, int, float]:
         sessions = view.server.sessions_current if view.server else 0
-        return sessions, -view.replica.created_at_seconds
+        return (0 if view.state != "ready" else 1), sessions, -view.replica.created_at_seconds
 
-    return sorted(active, key=key)[:count]
-
+    return sorted(active, key=key)[:max(0, count)]

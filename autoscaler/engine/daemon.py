@@ -23,8 +23,13 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from autoscaler import __version__
 from autoscaler.config import ConfigError, Settings, load_config
 from autoscaler.docker.backend import BackendError, DockerBackend, LoadBalancer
-from autoscaler.engine.controller import LoadBalancerAPI, ServiceController
+from autoscaler.docker.lease import Lease
+from autoscaler.engine import backoff as bo
+from autoscaler.engine.controller import PROGRESS_SECONDS, LoadBalancerAPI, ServiceController
+from autoscaler.engine.reload import changes as reload_changes
+from autoscaler.engine.reload import describe, restart_reason
 from autoscaler.lb.haproxy import HAProxyError, HAProxyRuntime
+from autoscaler.logs import setup_logging
 from autoscaler.telemetry import MetricsServer, Telemetry, json_route
 
 log = logging.getLogger("autoscaler.daemon")
@@ -51,8 +56,12 @@ class Daemon:
         self.config_path = Path(config_path) if config_path else None
         self.dry_run = dry_run or settings.daemon.dry_run
         self.telemetry = telemetry or Telemetry()
-        access = settings.daemon.load_balancer_access
-        self._backend_factory = backend_factory or (lambda t: DockerBackend.from_env(observer=t, access=access))
+        daemon = settings.daemon
+        self._backend_factory = backend_factory or (
+            lambda t: DockerBackend.from_env(
+                observer=t, access=daemon.load_balancer_access, admin_socket_dir=daemon.admin_socket_dir
+            )
+        )
         self.backend: DockerBackend | None = None
         self.controllers: dict[str, ServiceController] = {}
         self.scheduler: BackgroundScheduler | None = None
@@ -67,41 +76,34 @@ class Daemon:
             self.backend = self._backend_factory(self.telemetry)
         except BackendError as exc:
             raise StartupError(str(exc)) from exc
-        images = [s.image for s in self.settings.services.values()] + [
-            s.load_balancer.image for s in self.settings.services.values()
-        ]
-        try:
-            missing = self.backend.missing_images(images)
-        except BackendError as exc:
-            raise StartupError(str(exc)) from exc
-        if missing:
-            raise StartupError(
-                f"image(s) not found on the Docker engine: {', '.join(missing)}; "
-                "build them with deploy/build-images.sh (or fix the image names in the config)",
-                exit_code=2,
-            )
+        self._check_engine(self.backend)
         host, port = self.settings.daemon.metrics_host_port
+        self.metrics_server = self._metrics_server(host, port)
+        created: list[tuple[ServiceController, list[str]]] = []
         try:
-            self.metrics_server = MetricsServer(
-                self.telemetry, host, port,
-                routes={
-                    "/status": json_route(self.status),
-                    "/readyz": self.readiness,
-                    "/sd/load-balancers": json_route(self.load_balancer_targets),
-                },
-            )
-        except OSError as exc:
-            raise StartupError(f"daemon.metrics_listen {host}:{port}: cannot listen ({exc})") from exc
-        for name, service in self.settings.services.items():
-            controller = self._make_controller(name)
-            try:
-                controller.setup()
-            except (BackendError, HAProxyError) as exc:
-                raise StartupError(f"service {name!r}: {exc}") from exc
-            self.controllers[name] = controller
+            for name in self.settings.services:
+                if self.should_exit.is_set():
+                    raise StartupError("stopped during start-up", exit_code=0)
+                controller = self._make_controller(name)
+                self.controllers[name] = controller
+                holder = controller.acquire_lease()
+                if holder is not None:
+                    continue  # standing by: the pass takes the lease and sets up when it is free
+                try:
+                    created.append((controller, controller.setup()))
+                except (BackendError, HAProxyError) as exc:
+                    raise StartupError(f"service {name!r}: {exc}") from exc
+        except StartupError:
+            # Leave nothing half-made: what this start created goes again, leases are released.
+            for controller, made in reversed(created):
+                self._remove_created(controller, made)
+            for controller in self.controllers.values():
+                controller.close(0)
+            self.controllers.clear()
+            raise
         self.metrics_server.start()
         self.scheduler = BackgroundScheduler(
-            executors={"default": SchedulerPool(max(4, len(self.controllers)))},
+            executors={"default": SchedulerPool(max(4, 2 * len(self.controllers)))},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         for name in self.controllers:
@@ -113,21 +115,76 @@ class Daemon:
             self.metrics_server.port, " (dry run: nothing will be changed)" if self.dry_run else "",
         )
 
+    def _check_engine(self, backend: DockerBackend) -> None:
+        """Refuses what the engine cannot run before anything is created (exit 2, key named)."""
+        services = self.settings.services
+        try:
+            cpus, memory_bytes = backend.capacity()
+            missing = backend.missing_images(
+                [s.image for s in services.values()] + [s.load_balancer.image for s in services.values()]
+            )
+        except BackendError as exc:
+            raise StartupError(str(exc)) from exc
+        problems = []
+        for name, service in services.items():
+            if cpus and service.cpu_limit > cpus:
+                problems.append(f"services.{name}.cpu_limit: {service.cpu_limit:g} cores, but the Docker engine has {cpus} CPUs")
+            if memory_bytes and service.memory_limit > memory_bytes:
+                problems.append(
+                    f"services.{name}.memory_limit: {service.memory_limit} bytes, but the Docker engine has {memory_bytes}"
+                )
+        if missing:
+            problems.append(
+                f"image(s) not found on the Docker engine: {', '.join(missing)}; "
+                "build them with deploy/build-images.sh (or fix the image names in the config)"
+            )
+        if problems:
+            raise StartupError("; ".join(problems), exit_code=2)
+
+    def _metrics_server(self, host: str, port: int) -> MetricsServer:
+        try:
+            return MetricsServer(
+                self.telemetry, host, port,
+                routes={
+                    "/status": json_route(self.status),
+                    "/readyz": self.readiness,
+                    "/sd/load-balancers": json_route(self.load_balancer_targets),
+                },
+            )
+        except OSError as exc:
+            raise StartupError(f"daemon.metrics_listen {host}:{port}: cannot listen ({exc})") from exc
+
+    def _remove_created(self, controller: ServiceController, made: list[str]) -> None:
+        assert self.backend is not None
+        try:
+            if "load-balancer" in made and controller.load_balancer is not None:
+                self.backend.remove_load_balancer(controller.name, controller.load_balancer.id)
+            if "network" in made:
+                self.backend.remove_network(controller.name, controller.network)
+        except BackendError as exc:
+            log.warning("could not remove what the failed start created: %s", exc, extra={"service": controller.name})
+
     def _make_controller(self, name: str) -> ServiceController:
         assert self.backend is not None
         telemetry = self.telemetry
+        service = self.settings.services[name]
 
         def lb_factory(lb: LoadBalancer) -> LoadBalancerAPI:
-            return HAProxyRuntime(lb.admin_host, lb.admin_port, observer=telemetry)
+            return HAProxyRuntime(lb.admin_socket, observer=telemetry)
 
+        lease = None
+        if not self.dry_run:
+            # The lease container runs `cat` from the load balancer's image, which must exist anyway.
+            lease = Lease(self.backend.client, name, service.load_balancer.image, observer=telemetry)
         return ServiceController(
             name,
-            self.settings.services[name],
+            service,
             self.settings.network_for(name),
             self.backend,
             lb_factory,
             self.telemetry,
             dry_run=self.dry_run,
+            lease=lease,
         )
 
     def _schedule(self, name: str) -> None:
@@ -137,6 +194,10 @@ class Daemon:
             seconds=self.settings.daemon.interval_seconds, next_run_time=_now(),
             replace_existing=True,
         )
+        self.scheduler.add_job(
+            self._progress, "interval", args=[name], id=f"{name}:progress", name=f"progress {name}",
+            seconds=PROGRESS_SECONDS, replace_existing=True,
+        )
 
     def _cycle(self, name: str) -> None:
         controller = self.controllers.get(name)
@@ -145,14 +206,25 @@ class Daemon:
         try:
             controller.run_cycle()
         except Exception:
-            # The loop boundary: one bad cycle is logged and counted, the next one runs.
+            # The loop boundary: one bad pass is logged and counted, the next one runs.
             self.telemetry.loop_errors.labels(name).inc()
             log.exception("cycle failed", extra={"service": name})
+
+    def _progress(self, name: str) -> None:
+        controller = self.controllers.get(name)
+        if controller is None or self.should_exit.is_set():
+            return
+        try:
+            controller.progress()
+        except Exception:
+            self.telemetry.loop_errors.labels(name).inc()
+            log.exception("progress step failed", extra={"service": name})
 
     # --- reload ---------------------------------------------------------------------------
 
     def reload(self) -> bool:
-        """Re-reads the config. A bad one is rejected with validate's messages; nothing changes."""
+        """Re-reads the config and applies every changed key, or refuses the whole reload
+        naming each key that needs a restart. A bad file is rejected with validate's messages."""
         if self.config_path is None:
             log.warning("reload requested but the daemon has no config file")
             return False
@@ -164,26 +236,37 @@ class Daemon:
             log.error("keeping the config in force")
             self.telemetry.record_reload(False)
             return False
-        if set(settings.services) != set(self.settings.services) or any(
-            settings.network_for(n) != self.settings.network_for(n)
-            or settings.services[n].load_balancer != self.settings.services[n].load_balancer
-            for n in settings.services
-        ):
-            log.error(
-                "config reload rejected: adding or removing services, or changing a network or "
-                "load balancer, needs a restart; keeping the config in force"
-            )
+        changed = reload_changes(self.settings, settings)
+        blocked = [(key, why) for key, _, _ in changed if (why := restart_reason(key)) is not None]
+        if blocked:
+            for key, why in blocked:
+                log.error("config reload rejected: %s changed, which needs a restart (%s)", key, why)
+            log.error("keeping the config in force: nothing was applied")
             self.telemetry.record_reload(False)
             return False
+        old = self.settings.daemon
+        new = settings.daemon
+        if new.metrics_listen != old.metrics_listen and self.metrics_server is not None:
+            host, port = new.metrics_host_port
+            try:
+                server = self._metrics_server(host, port)
+            except StartupError as exc:
+                log.error("config reload rejected: %s; keeping the config in force", exc)
+                self.telemetry.record_reload(False)
+                return False
+            self.metrics_server.stop()
+            self.metrics_server = server
+            server.start()
+        if (new.log_format, new.log_level) != (old.log_format, old.log_level):
+            setup_logging(new.log_format, new.log_level)
         self.settings = settings
         for name, controller in self.controllers.items():
             controller.update_config(settings.services[name])
-        if self.scheduler is not None:
+        if self.scheduler is not None and new.interval_seconds != old.interval_seconds:
             for name in self.controllers:
-                self.scheduler.reschedule_job(
-                    name, trigger="interval", seconds=settings.daemon.interval_seconds
-                )
-        log.info("config reloaded from %s", self.config_path)
+                self.scheduler.reschedule_job(name, trigger="interval", seconds=new.interval_seconds)
+        applied = ", ".join(f"{key} {describe(a)} -> {describe(b)}" for key, a, b in changed) or "nothing changed"
+        log.info("config reloaded from %s: %s", self.config_path, applied)
         self.telemetry.record_reload(True)
         return True
 
@@ -206,10 +289,15 @@ class Daemon:
     def readiness(self) -> tuple[int, str, bytes]:
         """/readyz: 200 when every service was evaluated recently and Docker answers."""
         problems = []
-        # A cycle may take a drain or a health wait; three intervals plus a margin is "recent".
-        stale_after = 3 * self.settings.daemon.interval_seconds + 30
+        stale_after = stale_after_seconds(self.settings.daemon.interval_seconds)
         now = time.time()
         for name, controller in self.controllers.items():
+            health = getattr(controller, "health", None)
+            if health is not None and health.standby_holder is not None:
+                problems.append(f"{name}: standing by (the service is held by {health.standby_holder})")
+                continue
+            if health is not None and health.lb_down_since is not None:
+                problems.append(f"{name}: load balancer not answering for {now - health.lb_down_since:.0f}s")
             at = controller.last_decision_at
             if at is None:
                 problems.append(f"{name}: not evaluated yet")
@@ -226,7 +314,7 @@ class Daemon:
         targets = []
         for name, controller in self.controllers.items():
             lb = controller.load_balancer
-            if lb is not None:
+            if lb is not None and lb.metrics_port:
                 targets.append(
                     {"targets": [f"{lb.metrics_host}:{lb.metrics_port}"], "labels": {"service": name, "load_balancer": lb.name}}
                 )
@@ -235,8 +323,8 @@ class Daemon:
     # --- main loop and shutdown -----------------------------------------------------------
 
     def handle_exit(self, signum: int, frame: FrameType | None) -> None:
-        if self.should_exit.is_set() and signum == signal.SIGINT:
-            os._exit(1)  # a second Ctrl-C: the user does not want to wait for the step to end
+        if self.should_exit.is_set():
+            os._exit(1)  # asked twice: the user does not want to wait for the step to end
         self.should_exit.set()
 
     def handle_reload(self, signum: int, frame: FrameType | None) -> None:
@@ -250,13 +338,20 @@ class Daemon:
                 self.reload()
 
     def shutdown(self) -> None:
+        """Stops taking new steps, gives the ones in progress shutdown_timeout_seconds, then
+        abandons the rest (a restarted daemon adopts what they left) and releases the leases."""
+        timeout = self.settings.daemon.shutdown_timeout_seconds
+        deadline = time.monotonic() + timeout
         if self.scheduler is not None:
-            log.info("stopping: finishing the step in progress (replicas and load balancers keep serving)")
-        if self.scheduler is not None and self.scheduler.running:
-            # wait=True: a scale-out or drain in progress runs to completion.
-            self.scheduler.shutdown(wait=True)
+            log.info("stopping: finishing the steps in progress for up to %gs "
+                     "(replicas and load balancers keep serving)", timeout)
+            if self.scheduler.running:
+                self.scheduler.shutdown(wait=False)
         for controller in self.controllers.values():
-            controller.close()
+            abandoned = controller.close(max(0.0, deadline - time.monotonic()))
+            if abandoned:
+                log.warning("shutdown timeout: abandoned %s (the next daemon adopts what they leave)",
+                            ", ".join(abandoned), extra={"service": controller.name})
         if self.metrics_server is not None:
             self.metrics_server.stop()
         if self.backend is not None:
@@ -270,7 +365,12 @@ class Daemon:
         }
         previous_hup = signal.signal(signal.SIGHUP, self.handle_reload)
         try:
-            self.startup()
+            try:
+                self.startup()
+            except StartupError as exc:
+                if exc.exit_code == 0:
+                    return
+                raise
             self.main_loop()
         finally:
             self.shutdown()
@@ -279,17 +379,22 @@ class Daemon:
             signal.signal(signal.SIGHUP, previous_hup)
 
 
+def stale_after_seconds(interval_seconds: float) -> float:
+    # A pass never waits on a health check or a drain; three intervals and a margin is "stale".
+    return 3 * interval_seconds + 10
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
 def service_status(controller: ServiceController, now: float, interval_seconds: float) -> dict[str, Any]:
     decision = controller.last_decision
-    observation = controller.last_observation
     snapshot = controller.last_snapshot
     bounds = controller.bounds()
     policy = controller.config.policy
-    counts = observation.counts() if observation else {}
+    health = controller.health
+    counts = controller.replica_counts
     utilization: dict[str, Any] = {}
     if decision is not None:
         for proposal in decision.proposals:
@@ -297,18 +402,34 @@ def service_status(controller: ServiceController, now: float, interval_seconds: 
                 "value": proposal.utilization,
                 "target": None if proposal.target != proposal.target else proposal.target,  # NaN: step
                 "proposal": proposal.proposal,
+                "reason": proposal.reason,
             }
     warnings = []
+    if health.standby_holder is not None:
+        warnings.append(f"standing by: the service is held by {health.standby_holder}")
+    if health.engine_down_since is not None:
+        warnings.append(f"Docker engine not reachable for {now - health.engine_down_since:.0f}s")
+    if health.lb_down_since is not None:
+        warnings.append(f"load balancer not answering for {now - health.lb_down_since:.0f}s ({health.lb_error})")
+    backoff = controller.start_backoff
+    monotonic_now = time.monotonic()
+    if backoff.active:
+        warnings.append(
+            f"start backoff: {backoff.failures} failure(s) in a row, next start in "
+            f"{bo.seconds_until_retry(backoff, monotonic_now):.0f}s ({backoff.reason})"
+        )
     failures = controller.consecutive_failures
     if failures:
         warnings.append(f"metrics failed {failures} cycle(s) in a row")
     if decision is not None and decision.desired >= bounds.max_replicas and (decision.recommendation or 0) > bounds.max_replicas:
         warnings.append(f"pinned at max_replicas {bounds.max_replicas} (the policy wants {decision.recommendation})")
     age = None if controller.last_decision_at is None else now - controller.last_decision_at
-    if age is not None and age > 3 * interval_seconds + 30:
+    if age is not None and age > stale_after_seconds(interval_seconds):
         warnings.append(f"last evaluation {age:.0f}s ago")
     lb = controller.load_balancer
     return {
+        "state": "standby" if health.standby_holder is not None else (
+            "engine_unreachable" if health.engine_down_since is not None else "active"),
         "replicas": {state: counts.get(state, 0) for state in ("ready", "starting", "draining")},
         "desired_replicas": None if decision is None else decision.desired,
         "min_replicas": bounds.min_replicas,
@@ -323,6 +444,14 @@ def service_status(controller: ServiceController, now: float, interval_seconds: 
         "utilization": utilization,
         "queue_current": None if snapshot is None else snapshot.queue_current,
         "consecutive_metric_failures": failures,
+        "start_backoff": {
+            "failures": backoff.failures,
+            "retry_in_seconds": bo.seconds_until_retry(backoff, monotonic_now),
+            "reason": backoff.reason or None,
+        },
+        "last_failure": None if health.last_failure_at is None else {
+            "message": health.last_failure, "at": health.last_failure_at,
+        },
         "last_decision": None if decision is None else {
             "current": decision.current,
             "desired": decision.desired,
@@ -333,6 +462,7 @@ def service_status(controller: ServiceController, now: float, interval_seconds: 
         },
         "load_balancer": None if lb is None else {
             "name": lb.name, "publish": lb.publish, "metrics": f"{lb.metrics_host}:{lb.metrics_port}",
+            "up": health.lb_down_since is None,
         },
         "warnings": warnings,
     }

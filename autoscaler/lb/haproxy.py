@@ -1,7 +1,8 @@
 """HAProxy's runtime API: add, health-check, drain and delete servers, read stats.
 
 Membership changes only through the runtime API, never by a reload: a reload drops every
-dynamically added server. One TCP connection per command (about 1 ms each).
+dynamically added server. The API is a unix socket that only the daemon can reach (see
+deploy/haproxy/haproxy.cfg): one connection per command, about 1 ms each.
 """
 
 from __future__ import annotations
@@ -68,14 +69,12 @@ def _int(value: str) -> int:
 class HAProxyRuntime:
     def __init__(
         self,
-        host: str,
-        port: int,
+        socket_path: str,
         backend: str = BACKEND,
         timeout_seconds: float = 3.0,
         observer: CallObserver = NULL_OBSERVER,
     ) -> None:
-        self.host = host
-        self.port = port
+        self.socket_path = socket_path
         self.backend = backend
         self.timeout_seconds = timeout_seconds
         self._observer = observer
@@ -83,14 +82,15 @@ class HAProxyRuntime:
     def command(self, line: str, operation: str = "command") -> str:
         with self._observer.call("haproxy", operation):
             try:
-                with socket.create_connection((self.host, self.port), self.timeout_seconds) as sock:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                     sock.settimeout(self.timeout_seconds)
+                    sock.connect(self.socket_path)
                     sock.sendall(line.encode() + b"\n")
                     chunks = []
                     while chunk := sock.recv(65536):
                         chunks.append(chunk)
             except OSError as exc:
-                raise HAProxyError(operation, f"runtime API at {self.host}:{self.port}: {exc}") from exc
+                raise HAProxyError(operation, f"runtime API at {self.socket_path}: {exc}") from exc
         return b"".join(chunks).decode(errors="replace").strip()
 
     def ping(self) -> bool:

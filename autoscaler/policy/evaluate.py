@@ -121,6 +121,10 @@ def proposals_for(
     ]
 
 
+# limit_rate's reasons for the bounds (not a rate rule): their message names the bounds' source.
+_BOUNDS_REASONS = frozenset({"too_many_replicas", "too_few_replicas"})
+
+
 def history_span_seconds(up: Behavior, down: Behavior) -> float:
     periods = [r.period_seconds for r in up.rules + down.rules]
     return max([up.stabilization_seconds, down.stabilization_seconds, *periods, 0.0])
@@ -160,36 +164,47 @@ def evaluate(
     for proposal in proposals:
         (invalid if proposal.proposal is None else valid).append(proposal)
 
+    fallback = False
     if not valid:
         failures = history.consecutive_failures + 1
-        history = History(history.recommendations, history.scale_up_events, history.scale_down_events, failures)
         cause = snapshot.metrics_error or "; ".join(p.message for p in invalid) or "no metrics"
-        if policy.fallback_replicas is not None and failures >= policy.failure_threshold:
-            target = clamp(policy.fallback_replicas, bounds.min_replicas, bounds.max_replicas)
+        why = f"metrics failed {failures} cycles in a row ({cause})"
+        if policy.fallback_replicas is None or failures < policy.failure_threshold:
+            # As the HPA when computeReplicasForMetrics fails: hold, and leave no recommendation
+            # behind for the stabilization windows; only the failure streak grows.
             return Decision(
-                service, current, target, "fallback",
-                f"metrics failed {failures} cycles in a row ({cause}): fallback -> {current} -> {target}",
+                service, current, current, "metrics_unavailable", f"{why}: holding {current}",
                 proposals=tuple(proposals),
-            ), history
-        return Decision(
-            service, current, current, "metrics_unavailable",
-            f"metrics failed {failures} cycles in a row ({cause}): holding {current}",
-            proposals=tuple(proposals),
-        ), history
-
-    # The largest proposal wins (the first of equals, as max() would pick).
-    winner = valid[0]
-    for proposal in valid[1:]:
-        if proposal.proposal > winner.proposal:  # type: ignore[operator]
-            winner = proposal
-    recommendation = winner.proposal or 0
-    why = winner.message
-    held_for_missing = False
-    if invalid and recommendation < current:
-        # Never shrink on a partial view: a metric we cannot read may be the one under load.
-        recommendation = current
-        held_for_missing = True
-        why = f"{why}; not scaling down while {', '.join(str(p.metric) for p in invalid)} has no reading"
+            ), History(history.recommendations, history.scale_up_events, history.scale_down_events, failures)
+        # The fallback is this cycle's recommendation and goes through the windows and the rate
+        # rules like any other: a failing metrics source must not take 8 replicas to 1 at once.
+        # It is brought into the bounds in force first, so that the bounds never hold it back.
+        fallback = True
+        steady_reason = "fallback"
+        recommendation = clamp(policy.fallback_replicas, bounds.min_replicas, bounds.max_replicas)
+        why = f"{why}: fallback"
+    else:
+        failures = 0  # metrics answered: the failure streak ends
+        # The largest proposal wins (the first of equals, as max() would pick).
+        winner = valid[0]
+        for proposal in valid[1:]:
+            if proposal.proposal > winner.proposal:  # type: ignore[operator]
+                winner = proposal
+        recommendation = winner.proposal or 0
+        why = winner.message
+        # What a no-change decision is called: the winning metric's own code says whether it
+        # sat inside its tolerance band or was held by the rework.
+        steady_reason = "within_tolerance" if winner.reason == "within_tolerance" else "hold"
+        if invalid and recommendation < current:
+            # Never shrink on a partial view: a metric we cannot read may be the one under load.
+            # The HPA returns an error here (computeReplicasForMetrics) and so records no
+            # recommendation: a hold forced by a blind spot must not sit in the down window.
+            return Decision(
+                service, current, current, "missing_metrics_hold",
+                f"{why}; not scaling down while {', '.join(str(p.metric) for p in invalid)} has no reading"
+                f" -> {current} -> {current}",
+                tuple(proposals), current,
+            ), History(history.recommendations, history.scale_up_events, history.scale_down_events, 0)
 
     stabilized = stabilize_recommendation(
         history.recommendations, recommendation, current, now,
@@ -199,17 +214,19 @@ def evaluate(
         history.recommendations + (TimedValue(now, recommendation),),
         history.scale_up_events,
         history.scale_down_events,
-        0,  # metrics answered: the failure streak ends
+        failures,
     )
     limited = limit_rate(
         stabilized, current, bounds.min_replicas, bounds.max_replicas, up, down,
         history.scale_up_events, history.scale_down_events, now,
     )
     desired = limited.replicas
+    if fallback and (limited.reason or stabilized != recommendation):
+        why = f"{why} to {recommendation} held back"
 
     if limited.reason:
         reason = limited.reason
-        note = f"{limited.message}{bounds_note if 'replicas' in reason else ''}"
+        note = f"{limited.message}{bounds_note if reason in _BOUNDS_REASONS else ''}"
         message = f"{why} -> {current} -> {desired} (wanted {stabilized}, {note})"
     elif stabilized != recommendation:
         held_up = stabilized > recommendation
@@ -219,19 +236,24 @@ def evaluate(
             f"{why} -> {current} -> {desired} (wanted {recommendation}, {which} recommendation "
             f"of the last {window.stabilization_seconds:g}s is {stabilized})"
         )
-    elif held_for_missing:
-        reason = "missing_metrics_hold"
-        message = f"{why} -> {current} -> {desired}"
-    elif desired > current:
-        reason = "scale_up"
-        message = f"{why} -> {current} -> {desired}"
-    elif desired < current:
-        reason = "scale_down"
-        message = f"{why} -> {current} -> {desired}"
     else:
-        reason = "within_tolerance" if "within tolerance" in why else "hold"
+        # Nothing held it back: the recommendation itself decided.
+        if fallback or desired == current:
+            reason = steady_reason
+        else:
+            reason = "scale_up" if desired > current else "scale_down"
         message = f"{why} -> {current} -> {desired}"
     return Decision(service, current, desired, reason, message, tuple(proposals), recommendation), history
+
+
+def seed_history(current_replicas: int, now: float) -> History:
+    """The history of a service seen for the first time: its current count recommended at `now`.
+
+    The HPA does the same on first sight of an HPA (`a.recommendations[key] =
+    []timestampedRecommendation{{currentReplicas, time.Now()}}`), so that a restarted controller
+    keeps the count for a full down window instead of acting on one cycle's view (6 -> 2).
+    """
+    return History(recommendations=(TimedValue(now, current_replicas),))
 
 
 def record_scale(history: History, now: float, current: int, desired: int) -> History:

@@ -30,7 +30,9 @@ def fmt(metric: Metric, value: float) -> str:
 
 @dataclass(frozen=True)
 class Tolerance:
-    """Inclusive band around ratio 1.0 inside which the metric asks for no change."""
+    """Inclusive band [1 - down, 1 + up] around ratio 1.0 inside which the metric asks for no
+    change (Tolerances.isWithin). Any value >= 0 is valid, as in the HPA: down >= 1 puts every
+    ratio below 1 inside the band, which turns ratio scale-down off for this metric."""
 
     up: float = 0.1
     down: float = 0.1
@@ -83,7 +85,7 @@ def target_tracking(
 
     if not ready:
         return MetricProposal(
-            metric, None, target, None, f"{label}: no reading from a ready replica"
+            metric, None, target, None, f"{label}: no reading from a ready replica", "no_reading"
         )
 
     utilization = ready_sum / ready
@@ -96,10 +98,11 @@ def target_tracking(
     if not scale_up_with_unready and not missing:
         if low <= ratio <= high:
             return MetricProposal(
-                metric, utilization, target, current_replicas, f"{head}: within tolerance"
+                metric, utilization, target, current_replicas, f"{head}: within tolerance",
+                "within_tolerance",
             )
         proposal = _ceil_replicas(ratio * ready)
-        return MetricProposal(metric, utilization, target, proposal, head)
+        return MetricProposal(metric, utilization, target, proposal, head, "scale")
 
     total, count = ready_sum, ready
     notes: list[str] = []
@@ -130,16 +133,16 @@ def target_tracking(
     ):
         # The rework flipped the direction or landed in the band: not sure enough to act.
         return MetricProposal(
-            metric, utilization, target, current_replicas, f"{detail}: hold"
+            metric, utilization, target, current_replicas, f"{detail}: hold", "hold"
         )
     proposal = _ceil_replicas(new_ratio * count)
     if (new_ratio < 1.0 and proposal > current_replicas) or (
         new_ratio > 1.0 and proposal < current_replicas
     ):
         return MetricProposal(
-            metric, utilization, target, current_replicas, f"{detail}: hold"
+            metric, utilization, target, current_replicas, f"{detail}: hold", "hold"
         )
-    return MetricProposal(metric, utilization, target, proposal, detail)
+    return MetricProposal(metric, utilization, target, proposal, detail, "scale")
 
 
 @dataclass(frozen=True)
@@ -197,7 +200,7 @@ def step_scaling(
         value = values.get(metric)
         if value is None:
             proposals.append(
-                MetricProposal(metric, None, math.nan, None, f"{metric}: no reading")
+                MetricProposal(metric, None, math.nan, None, f"{metric}: no reading", "no_reading")
             )
             continue
         match = next((s for s in steps if s.metric is metric and s.matches(value)), None)
@@ -205,14 +208,14 @@ def step_scaling(
             proposals.append(
                 MetricProposal(
                     metric, value, math.nan, current_replicas,
-                    f"{metric} {fmt(metric, value)}: no step matches",
+                    f"{metric} {fmt(metric, value)}: no step matches", "no_step_matches",
                 )
             )
             continue
         proposals.append(
             MetricProposal(
                 metric, value, math.nan, apply_adjustment(current_replicas, match),
-                f"{metric} {fmt(metric, value)}: step {match.describe()}",
+                f"{metric} {fmt(metric, value)}: step {match.describe()}", "step",
             )
         )
     return proposals

@@ -64,6 +64,8 @@ memory_limit = "128MiB"
 publish = "127.0.0.1:{lb_port}"
 """)
     config.chmod(0o644)
+    # As in docker-compose.yml: a named volume for the admin sockets, shared with the load balancer.
+    admin_volume = docker_client.volumes.create(f"{service_name}-admin", labels={"autoscaler.service": service_name})
     container = docker_client.containers.run(
         daemon_image,
         detach=True,
@@ -71,7 +73,8 @@ publish = "127.0.0.1:{lb_port}"
         labels={"autoscaler.service": service_name},  # for clean-up; not a managed container
         group_add=[str(os.stat(SOCKET).st_gid)],
         volumes={SOCKET: {"bind": "/var/run/docker.sock", "mode": "rw"},
-                 str(config): {"bind": "/etc/autoscaler/config.toml", "mode": "ro"}},
+                 str(config): {"bind": "/etc/autoscaler/config.toml", "mode": "ro"},
+                 admin_volume.name: {"bind": "/run/autoscaler", "mode": "rw"}},
         network=network,
         ports={"9464/tcp": ("127.0.0.1", None)},
     )

@@ -18,6 +18,14 @@ from helpers import Traffic, demo_config, free_port, start_daemon, status, stop_
 pytestmark = pytest.mark.docker
 
 
+def served_by(docker_client, service: str) -> set[str]:  # type: ignore[no-untyped-def]
+    """The load balancer and replicas (not the daemon's lease, which each daemon takes anew)."""
+    return {
+        c.id for c in docker_client.containers.list(filters={"label": f"autoscaler.service={service}"})
+        if c.labels.get("autoscaler.role") in ("replica", "load-balancer")
+    }
+
+
 def test_scales_out_and_back_in_with_no_failed_request(docker_client, service_name: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     lb_port, metrics_port = free_port(), free_port()
     config = tmp_path / "config.toml"
@@ -52,12 +60,12 @@ drain_timeout_seconds = 10
 
         # Stopping the daemon is not an outage, and a restart adopts instead of duplicating.
         assert stop_daemon(daemon) == 0
-        before = {c.id for c in docker_client.containers.list(filters={"label": f"autoscaler.service={service_name}"})}
+        before = served_by(docker_client, service_name)
         time.sleep(1.5)
         daemon = start_daemon(config, log_path)
         wait_for(lambda: status(metrics_port, service_name)["last_decision"], 30, "a decision after restart")
         time.sleep(3)
-        after = {c.id for c in docker_client.containers.list(filters={"label": f"autoscaler.service={service_name}"})}
+        after = served_by(docker_client, service_name)
         assert after == before, "the restarted daemon adopted the same load balancer and replica"
 
         # SIGHUP: a valid config applies at the next cycle; an invalid one is refused.

@@ -48,7 +48,7 @@ def stack(docker_client, service_name: str):  # type: ignore[no-untyped-def]
         LoadBalancerSpec(service_name, "autoscaler-haproxy:latest", network, "127.0.0.1", port, "/healthz")
     )
     assert fresh
-    runtime = HAProxyRuntime(lb.admin_host, lb.admin_port)
+    runtime = HAProxyRuntime(lb.admin_socket)
     wait_until(runtime.ping, what="HAProxy runtime API")
     spec = ReplicaSpec(service_name, "autoscaler-demo-app:latest", 8000, network, 0.5, 128 * 1024 * 1024)
     replicas = [backend.start_replica(spec) for _ in range(2)]
@@ -65,11 +65,43 @@ def register(runtime: HAProxyRuntime, name: str, ip: str) -> None:
     assert runtime.servers()[name].serving
 
 
-def test_admin_and_exporter_ports_are_published_on_loopback_only(stack, docker_client) -> None:  # type: ignore[no-untyped-def]
+def test_only_the_exporter_is_published_and_only_on_loopback(stack, docker_client) -> None:  # type: ignore[no-untyped-def]
     _, _, lb, _, _, _ = stack
     ports = docker_client.api.inspect_container(lb.id)["NetworkSettings"]["Ports"]
-    assert [b["HostIp"] for b in ports["9999/tcp"]] == ["127.0.0.1"]
     assert [b["HostIp"] for b in ports["8405/tcp"]] == ["127.0.0.1"]
+    assert set(ports) == {"8080/tcp", "8405/tcp"}, "no admin port at all"
+
+
+def test_a_replica_cannot_reach_the_admin_api(stack, docker_client) -> None:  # type: ignore[no-untyped-def]
+    """The admin API is full control of the load balancer: a replica on the service network
+    (here: any process in one) must not be able to send it a single command."""
+    _, runtime, lb, _, replicas, network = stack
+    lb_ip = docker_client.api.inspect_container(lb.id)["NetworkSettings"]["Networks"][network]["IPAddress"]
+    probe = (
+        "import socket, os\n"
+        "results = []\n"
+        "for port in (9999, 9998, 8080, 8405):\n"
+        "    s = socket.socket()\n"
+        "    s.settimeout(2)\n"
+        "    try:\n"
+        "        s.connect((%r, port))\n"
+        "        s.sendall(b'disable frontend clients\\n')\n"
+        "        results.append(f'{port}:' + s.recv(200).decode(errors='replace')[:40].replace(chr(10), ' '))\n"
+        "    except OSError as e:\n"
+        "        results.append(f'{port}:{type(e).__name__}')\n"
+        "results.append('socketdir:' + str(os.path.exists('/run/autoscaler')))\n"
+        "print(';'.join(results))\n"
+    ) % lb_ip
+    exec_id = docker_client.api.exec_create(replicas[0].id, ["python3", "-c", probe])
+    output = docker_client.api.exec_start(exec_id).decode()
+    assert "9999:ConnectionRefusedError" in output, output
+    assert "9998:ConnectionRefusedError" in output, output
+    # The client and exporter ports speak HTTP only: a CLI command is a bad request there.
+    assert "8080:HTTP/1.1 400" in output and "8405:HTTP/1.1 400" in output, output
+    assert "socketdir:False" in output, output
+    # And the command did nothing: the frontend still serves.
+    assert "clients" in runtime.command("show info") or runtime.ping()
+    assert ",FRONTEND," in runtime.command("show stat -1 1 -1") and "OPEN" in runtime.command("show stat -1 1 -1")
 
 
 def test_add_health_ready_then_traffic(stack) -> None:  # type: ignore[no-untyped-def]
@@ -123,25 +155,28 @@ def test_membership_is_rebuilt_after_haproxy_restarts(stack, docker_client, serv
     backend, _, lb, port, replicas, network = stack
     config = ServiceConfig.model_validate({
         "image": "autoscaler-demo-app:latest", "port": 8000, "cpu_limit": 0.5, "memory_limit": "128MiB",
-        "min_replicas": 1, "max_replicas": 4, "startup_timeout_seconds": 20,
+        "min_replicas": 2, "max_replicas": 2, "startup_timeout_seconds": 20,
         "load_balancer": {"publish": f"127.0.0.1:{port}"},
     })
     controller = ServiceController(
         service_name, config, network, backend,
-        lambda info: HAProxyRuntime(info.admin_host, info.admin_port),
+        lambda info: HAProxyRuntime(info.admin_socket),
         Telemetry(CollectorRegistry()),
     )
     controller.setup()  # adopts the existing load balancer and replicas
-    controller.observe()  # registers both replicas
-    assert controller.wait_serving([r.name for r in replicas], 20) == []
+
+    def serving() -> bool:
+        controller.run_cycle()
+        controller.progress()
+        return controller.replica_counts.get("ready") == 2
+
+    wait_until(serving, 20, "both replicas registered and serving")
     assert {get(port, "/healthz")["hostname"] for _ in range(6)} == {r.id[:12] for r in replicas}
 
-    # A restart drops every dynamic server, and the engine may publish the admin API on a new
-    # loopback port: observe() must find the load balancer again and re-register the replicas.
+    # A restart drops every dynamic server: the next passes re-register the replicas.
     docker_client.api.restart(lb.id, timeout=5)
-    observation = controller.observe()
-    assert {v.replica.name for v in observation.views} == {r.name for r in replicas}
-    assert controller.wait_serving([r.name for r in replicas], 20) == []
+    wait_until(lambda: (controller.run_cycle(), controller.progress(), controller.replica_counts.get("ready") == 2
+                        and controller.health.lb_down_since is None)[-1], 30, "membership rebuilt")
     assert {get(port, "/healthz")["hostname"] for _ in range(6)} == {r.id[:12] for r in replicas}
+    assert len(backend.list_replicas(service_name, network)) == 2, "nothing started twice"
     controller.close()
-

@@ -112,6 +112,25 @@ BAD_CONFIGS = [
     pytest.param([('"256MiB"', '"12XB"')], "", "services.web.memory_limit: '12XB' is not a valid size",
                  id="memory-unit"),
     pytest.param([], "\n[services.web\n", "invalid TOML", id="toml-syntax"),
+    # What `run` could not honour, each named by its field.
+    pytest.param([("max_replicas = 4", "max_replicas = true")], "",
+                 "services.web.max_replicas: must be a number, not a boolean (got True)", id="bool-replicas"),
+    pytest.param([("min_replicas = 1", f"min_replicas = {2**63 - 1}")], "",
+                 "services.web.min_replicas: must be <= 1000 (got 9223372036854775807)", id="int64-replicas"),
+    pytest.param([("[daemon]", "[daemon]\ninterval_seconds = inf")], "",
+                 "daemon.interval_seconds: must be a finite number (got inf)", id="inf-interval"),
+    pytest.param([("cpu_limit = 0.5", "cpu_limit = 1e12")], "",
+                 "services.web.cpu_limit: must be between 0.01 (Docker's minimum) and 1024 cores (got 1e+12)", id="cpu-1e12"),
+    pytest.param([('"256MiB"', '"99999999TiB"')], "",
+                 "services.web.memory_limit: must be between 6MiB (Docker's minimum) and 64TiB (got '99999999TiB')",
+                 id="memory-99999999TiB"),
+    pytest.param([("port = 8000", 'port = 8000\nnetwork = "host"')], "",
+                 "services.web.network: 'host' is one of Docker's predefined networks", id="network-host"),
+    pytest.param([("[services.web.load_balancer]", '[services.web.load_balancer]\nimage = "a b"')], "",
+                 "services.web.load_balancer.image: 'a b' is not a valid image reference: contains whitespace",
+                 id="lb-image-space"),
+    pytest.param([("[daemon]", "[daemon]\ninterval_seconds = " + "9" * 5000)], "",
+                 "invalid TOML: a number with more than 4300 digits (line 2)", id="5000-digit-number"),
 ]
 
 
@@ -209,6 +228,14 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 PROCESS_CASES = {
     "validate-bad-config": (
         "validate", [("max_replicas = 4", "max_replicas = 0")], EXIT_USAGE, "services.web.max_replicas: must be >= 1",
+    ),
+    "validate-boolean-replicas": (
+        "validate", [("max_replicas = 4", "max_replicas = true")], EXIT_USAGE,
+        "services.web.max_replicas: must be a number, not a boolean (got True)",
+    ),
+    "validate-deep-nesting": (
+        "validate", [("[daemon]", "x = " + "[" * 100_000 + "]" * 100_000 + "\n[daemon]")], EXIT_USAGE,
+        "invalid TOML: arrays or inline tables nested too deeply",
     ),
     "run-without-docker": ("run", [], EXIT_FAILURE, "the Docker engine is not reachable"),
 }

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from autoscaler.cli import EXIT_OK, EXIT_USAGE, main
+from autoscaler.config import MAX_REPLICAS
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -265,6 +266,10 @@ def test_text_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 
 GOOD = {"replicas": [replica("web-1", 50)]}
 
+HUGE_INT = '{"replicas": [{"name": "a", "ready": true, "age_seconds": ' + "9" * 5000 + "}]}"
+LONG_FLOAT = '{"replicas": [{"name": "a", "ready": true, "age_seconds": 1, "cpu_percent": 0.' + "1" * 200 + "}]}"
+DEEP = "[" * 100_000 + "]" * 100_000
+
 # (snapshot content: JSON value or raw text, text expected on stderr)
 BAD_SNAPSHOTS = [
     ("{", "not valid JSON"),
@@ -292,6 +297,16 @@ BAD_SNAPSHOTS = [
     (GOOD | {"replica": []}, "replica: unknown key"),
     ({"replicas": [replica("web-1", cpu=None, cpu_pct=5)]}, "replicas.0.cpu_pct: unknown key"),
     ({"replicas": [replica("web-1"), replica("web-2"), replica("web-1")]}, "replicas: duplicate name(s) web-1"),
+    # Oversized and absurd input: one line each, before anything is built from it.
+    (HUGE_INT, "line 1: a number 5000 characters long (99999999999999999999...); no reading needs more than 100"),
+    (LONG_FLOAT, "line 1: a number 202 characters long"),
+    ('{"replicas": [{"name": "a", "ready": true, "age_seconds": 1, "cpu_percent": 1e999}]}',
+     "replicas.0.cpu_percent: must be a finite number (got inf)"),
+    ({"replicas": [replica("web-1", age_seconds=1e12)]}, "replicas.0.age_seconds: must be <= 3.1536e+09 (got 1000000000000.0)"),
+    (DEEP, "not valid JSON (nested far too deeply for a snapshot)"),
+    ('{"replicas": ' + DEEP + "}", "not valid JSON (nested far too deeply for a snapshot)"),
+    ({"replicas": [replica(f"web-{i}") for i in range(MAX_REPLICAS + 1)]}, "replicas: 1001 replicas; a service has at most 1000"),
+    (" " * (16 * 1024**2) + "{}", "larger than 16 MiB, too large for a snapshot"),
 ]
 
 
@@ -324,6 +339,14 @@ BAD_SNAPSHOTS = [
         "unknown-top-level-key",
         "unknown-replica-key",
         "duplicate-names",
+        "5000-digit-int",
+        "200-digit-float",
+        "float-overflow",
+        "age-over-a-century",
+        "nested-100000-deep",
+        "replicas-nested-100000-deep",
+        "1001-replicas",
+        "over-16-MiB",
     ],
 )
 def test_bad_snapshot_exits_2_naming_file_and_field(
@@ -401,3 +424,45 @@ def test_as_a_process_a_bad_snapshot_is_a_message_not_a_traceback(tmp_path: Path
     assert result.returncode == EXIT_USAGE
     assert "Traceback" not in result.stderr
     assert f"{snapshot}: replicas.0.cpu_percent: must be <= 1e+09" in result.stderr
+
+
+def test_a_snapshot_of_max_replicas_replicas_is_decided(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # 1000 replicas at 10% of a 50% target: 100 are enough, and max_replicas (10) clamps below that.
+    snapshot = {"replicas": [replica(f"web-{i}", 10) for i in range(MAX_REPLICAS)]}
+    config, path = write_files(tmp_path, "", snapshot)
+    assert run(["decide", "-c", str(config), "--service", "web", "--snapshot", str(path), "--json"]) == EXIT_OK
+    document = json.loads(capsys.readouterr().out)
+    assert (document["current_replicas"], document["desired_replicas"]) == (MAX_REPLICAS, 10)
+
+
+# id -> (snapshot text, the one line expected on stderr after "autoscaler: <file>: ")
+NASTY_SNAPSHOTS = {
+    "5000-digit-number": (HUGE_INT, "line 1: a number 5000 characters long"),
+    "nested-100000-deep": (DEEP, "not valid JSON (nested far too deeply for a snapshot)"),
+    "1001-replicas": (json.dumps({"replicas": [replica(f"w{i}") for i in range(1001)]}), "replicas: 1001 replicas"),
+}
+
+
+@pytest.mark.parametrize(("text", "message"), NASTY_SNAPSHOTS.values(), ids=list(NASTY_SNAPSHOTS))
+def test_as_a_process_nasty_input_is_one_line_and_exit_2(tmp_path: Path, text: str, message: str) -> None:
+    config, snapshot = write_files(tmp_path, "", text)
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("AUTOSCALER_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "autoscaler.cli", "decide", "-c", str(config), "--service", "web", "--snapshot", str(snapshot)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == EXIT_USAGE
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"autoscaler: {snapshot}: {message}")
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    "at", ["0001-01-01T00:00:00+00:00", "9999-12-31T23:59:59+00:00", "1969-12-31T23:59:59+00:00"],
+    ids=["year-1", "year-9999", "before-1970"],
+)
+def test_at_outside_the_calendar_a_schedule_can_use_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], at: str) -> None:
+    # A schedule looks a window's length before --at: from year 1 that used to overflow.
+    config, snapshot = write_files(tmp_path, "", GOOD, tail=SCHEDULE)
+    assert run(["decide", "-c", str(config), "--service", "web", "--snapshot", str(snapshot), "--at", at]) == EXIT_USAGE
+    assert f"argument --at: '{at}' must be between 1970-01-01 and 9000-01-01" in capsys.readouterr().err

@@ -7,14 +7,26 @@ snapshot has `desired` replicas and record_scale remembers the change for the ra
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 
 from autoscaler.config import PolicyConfig, ScalingBehavior, ScalingRule, StepRule
-from autoscaler.model import Bounds, Decision, Direction, History, ReplicaSample, ServiceSnapshot, TimedValue
+from autoscaler.model import (
+    Bounds,
+    Decision,
+    Direction,
+    History,
+    Metric,
+    MetricProposal,
+    ReplicaSample,
+    ServiceSnapshot,
+    TimedValue,
+)
+from autoscaler.policy import evaluate as evaluate_module
 from autoscaler.policy.behavior import Behavior, Rule
-from autoscaler.policy.evaluate import behavior_of, evaluate, record_scale
+from autoscaler.policy.evaluate import behavior_of, evaluate, plan_of, record_scale, seed_history
+from autoscaler.policy.target import Tolerance
 
 OLD = 3600.0
 BOUNDS = Bounds(1, 10)
@@ -144,9 +156,16 @@ def test_requests_per_second_target_joins_the_vote() -> None:
 
 # --- one metric missing -----------------------------------------------------------------------
 
+# Something to lose: an old recommendation, an old scale-up, and a failure streak.
+BEFORE_PARTIAL = History(
+    recommendations=(TimedValue(-10.0, 5),),
+    scale_up_events=(TimedValue(-20.0, 1),),
+    consecutive_failures=3,
+)
+
 
 @pytest.mark.parametrize(
-    ("policy", "snapshot", "desired", "reason", "fragment"),
+    ("policy", "snapshot", "desired", "reason", "fragment", "recorded"),
     [
         # TestNoScaleDownOneMetricInvalid: cpu alone would go 5 -> 3.
         (
@@ -155,6 +174,7 @@ def test_requests_per_second_target_joins_the_vote() -> None:
             5,
             "missing_metrics_hold",
             "not scaling down while memory has no reading -> 5 -> 5",
+            (),
         ),
         # ... the same with the roles swapped.
         (
@@ -163,6 +183,7 @@ def test_requests_per_second_target_joins_the_vote() -> None:
             5,
             "missing_metrics_hold",
             "not scaling down while cpu has no reading",
+            (),
         ),
         # TestScaleUpOneMetricEmpty: a scale-up goes ahead without the missing metric.
         (
@@ -171,71 +192,174 @@ def test_requests_per_second_target_joins_the_vote() -> None:
             4,
             "scale_up",
             "cpu 40% > target 30% -> 3 -> 4",
+            (TimedValue(0.0, 4),),
+        ),
+        # Step scaling: the queue has no value, cpu's band says -50%.
+        (
+            PolicyConfig(
+                strategy="step",
+                steps=[StepRule(metric="cpu", upper=20, adjustment="-50%"), StepRule(metric="queue", lower=9, adjustment="+1")],
+            ),
+            flat(4, cpu=10),
+            4,
+            "missing_metrics_hold",
+            "cpu 10%: step cpu < 20 -> -50%; not scaling down while queue has no reading -> 4 -> 4",
+            (),
         ),
     ],
-    ids=["TestNoScaleDownOneMetricInvalid", "cpu-missing-memory-says-down", "TestScaleUpOneMetricEmpty"],
+    ids=["TestNoScaleDownOneMetricInvalid", "cpu-missing-memory-says-down", "TestScaleUpOneMetricEmpty", "step-queue-missing"],
 )
 def test_one_metric_missing(
-    policy: PolicyConfig, snapshot: ServiceSnapshot, desired: int, reason: str, fragment: str
+    policy: PolicyConfig,
+    snapshot: ServiceSnapshot,
+    desired: int,
+    reason: str,
+    fragment: str,
+    recorded: tuple[TimedValue, ...],
 ) -> None:
-    decision, history = evaluate(snapshot, policy, BOUNDS, History(consecutive_failures=3), 0.0)
+    decision, history = evaluate(snapshot, policy, BOUNDS, BEFORE_PARTIAL, 0.0)
     assert (decision.desired, decision.reason) == (desired, reason)
     assert fragment in decision.message
     assert decision.recommendation == desired
     # Part of the metrics answered: this is not a failed cycle.
     assert history.consecutive_failures == 0
-    assert history.recommendations == (TimedValue(0.0, desired),)
+    # A hold on a partial view is the HPA's error return from computeReplicasForMetrics: no
+    # recommendation is stored, so the blind cycle cannot keep the count up through the window.
+    assert history.recommendations == BEFORE_PARTIAL.recommendations + recorded
+    assert (history.scale_up_events, history.scale_down_events) == (BEFORE_PARTIAL.scale_up_events, ())
+
+
+def test_missing_metric_holds_do_not_extend_the_down_window() -> None:
+    # A 60 s down window. At t=0 both metrics sit on target (5 recorded); from t=15 to t=45
+    # memory has no reading and cpu says 3: held at 5, nothing recorded. At t=61 both answer
+    # and say 3: the 5 of t=0 has left the window, so 5 -> 3. Had the holds recorded their 5,
+    # the one of t=45 would keep 5 until t=105.
+    policy = PolicyConfig(
+        target_cpu_percent=50, target_memory_percent=50, scale_down=ScalingBehavior(stabilization_seconds=60)
+    )
+    history = History()
+    decision, history = evaluate(flat(5, cpu=50, memory=50), policy, BOUNDS, history, 0.0)
+    assert (decision.desired, decision.reason) == (5, "within_tolerance")
+    for now in (15.0, 30.0, 45.0):
+        decision, history = evaluate(snap([30] * 5, [None] * 5), policy, BOUNDS, history, now)
+        assert (decision.desired, decision.reason) == (5, "missing_metrics_hold")
+    assert history.recommendations == (TimedValue(0.0, 5),)
+    decision, history = evaluate(flat(5, cpu=30, memory=30), policy, BOUNDS, history, 61.0)
+    assert (decision.desired, decision.reason) == (3, "scale_down")
 
 
 # --- metrics failing for the whole service ----------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("failures_before", "threshold", "fallback", "fragment"),
+    [
+        (0, 3, None, "metrics failed 1 cycles in a row (stats timed out): holding 4"),
+        (1, 3, 2, "holding 4"),
+        (7, 3, None, "metrics failed 8 cycles in a row"),
+    ],
+    ids=["first-failure-holds", "below-threshold-never-scales-down", "no-fallback-holds-forever"],
+)
+def test_failed_cycles_before_the_fallback_hold_and_record_nothing(
+    failures_before: int, threshold: int, fallback: int | None, fragment: str
+) -> None:
+    policy = cpu_policy(failure_threshold=threshold, fallback_replicas=fallback)
+    history = History(
+        recommendations=(TimedValue(90.0, 9),),
+        scale_down_events=(TimedValue(95.0, 1),),
+        consecutive_failures=failures_before,
+    )
+    decision, new_history = evaluate(flat(4, error="stats timed out"), policy, BOUNDS, history, 100.0)
+    assert (decision.desired, decision.reason) == (4, "metrics_unavailable")
+    assert fragment in decision.message
+    assert decision.proposals == ()
+    assert decision.recommendation is None
+    # The HPA's error return: no recommendation for the stabilization window, only the streak.
+    assert new_history == history._replace(consecutive_failures=failures_before + 1)
+
+
 @dataclass(frozen=True)
-class Failure:
-    failures_before: int
-    threshold: int
-    fallback: int | None
-    bounds: Bounds
+class Fallback:
+    current: int
+    fallback: int
     desired: int
     reason: str
     fragment: str
+    failures_before: int = 2
+    threshold: int = 3
+    recommendations: tuple[TimedValue, ...] = ()
+    bounds: Bounds = BOUNDS
+    scale_up: ScalingBehavior | None = None
+    scale_down: ScalingBehavior | None = None
+    recommended: int | None = None  # what is recorded; None = the fallback itself
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        Failure(0, 3, None, BOUNDS, 4, "metrics_unavailable", "metrics failed 1 cycles in a row (stats timed out): holding 4"),
-        Failure(1, 3, 2, BOUNDS, 4, "metrics_unavailable", "holding 4"),
-        Failure(7, 3, None, BOUNDS, 4, "metrics_unavailable", "metrics failed 8 cycles in a row"),
-        Failure(2, 3, 6, BOUNDS, 6, "fallback", "metrics failed 3 cycles in a row (stats timed out): fallback -> 4 -> 6"),
-        # The fallback is a fixed count, as KEDA's default "static" fallback: it can shrink too.
-        Failure(2, 3, 2, BOUNDS, 2, "fallback", "fallback -> 4 -> 2"),
-        Failure(5, 3, 6, BOUNDS, 6, "fallback", "metrics failed 6 cycles in a row"),
-        Failure(0, 1, 6, BOUNDS, 6, "fallback", "metrics failed 1 cycles in a row"),
-        # A schedule window can lower the max below the configured fallback.
-        Failure(2, 3, 9, Bounds(1, 6, "schedule night"), 6, "fallback", "fallback -> 4 -> 6"),
-    ],
-    ids=[
-        "first-failure-holds",
-        "below-threshold-never-scales-down",
-        "no-fallback-holds-forever",
-        "threshold-reached-fallback-up",
-        "threshold-reached-fallback-down",
-        "past-threshold-stays-on-fallback",
-        "threshold-one",
-        "fallback-clamped-to-bounds",
-    ],
-)
-def test_metrics_failing_for_the_whole_service(case: Failure) -> None:
-    policy = cpu_policy(failure_threshold=case.threshold, fallback_replicas=case.fallback)
-    history = History(recommendations=(TimedValue(90.0, 9),), consecutive_failures=case.failures_before)
-    decision, new_history = evaluate(flat(4, error="stats timed out"), policy, case.bounds, history, 100.0)
+FALLBACKS = {
+    "threshold-reached-fallback-up": Fallback(
+        4, 6, 6, "fallback", "metrics failed 3 cycles in a row (stats timed out): fallback -> 4 -> 6"
+    ),
+    # The fallback is a fixed count, as KEDA's default "static" fallback: it can shrink too,
+    # once the down window holds nothing higher.
+    "fallback-down-empty-window": Fallback(4, 2, 2, "fallback", "fallback -> 4 -> 2"),
+    "fallback-down-old-window": Fallback(
+        4, 2, 2, "fallback", "fallback -> 4 -> 2", recommendations=(TimedValue(-200.0, 9),)
+    ),
+    # ... but not past the highest recommendation of the last 300 s (the 9 of t=90).
+    "fallback-down-held-by-window": Fallback(
+        4, 2, 4, "scale_down_stabilized",
+        "(stats timed out): fallback to 2 held back -> 4 -> 4 (wanted 2, highest recommendation of the last 300s is 4)",
+        recommendations=(TimedValue(90.0, 9),),
+    ),
+    "fallback-down-rate-limited": Fallback(
+        8, 2, 7, "scale_down_limit", "fallback to 2 held back -> 8 -> 7 (wanted 2, capped at -1 per 60s)",
+        scale_down=ScalingBehavior(
+            stabilization_seconds=0, rules=[ScalingRule(type="replicas", value=1, period_seconds=60)]
+        ),
+    ),
+    # Default up rules: +4 or +100% per 15 s, the larger wins: 2 + 4 = 6.
+    "fallback-up-rate-limited": Fallback(
+        2, 9, 6, "scale_up_limit", "fallback to 9 held back -> 2 -> 6 (wanted 9, capped at +4 per 15s)"
+    ),
+    "fallback-up-held-by-up-window": Fallback(
+        2, 6, 2, "scale_up_stabilized",
+        "fallback to 6 held back -> 2 -> 2 (wanted 6, lowest recommendation of the last 60s is 2)",
+        recommendations=(TimedValue(90.0, 2),),
+        scale_up=ScalingBehavior(stabilization_seconds=60),
+    ),
+    "fallback-is-current": Fallback(4, 4, 4, "fallback", "fallback -> 4 -> 4"),
+    "past-threshold-stays-on-fallback": Fallback(4, 6, 6, "fallback", "metrics failed 6 cycles in a row", failures_before=5),
+    "threshold-one": Fallback(4, 6, 6, "fallback", "metrics failed 1 cycles in a row", failures_before=0, threshold=1),
+    # A schedule window can lower the max below the configured fallback: the fallback is brought
+    # into the bounds first, and that is what is recommended and recorded.
+    "fallback-clamped-to-bounds": Fallback(
+        4, 9, 6, "fallback", "fallback -> 4 -> 6", bounds=Bounds(1, 6, "schedule night"), recommended=6
+    ),
+    "fallback-raised-to-min": Fallback(
+        4, 1, 3, "fallback", "fallback -> 4 -> 3", bounds=Bounds(3, 6, "schedule peak"), recommended=3
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(FALLBACKS), ids=list(FALLBACKS))
+def test_the_fallback_is_a_recommendation_like_any_other(name: str) -> None:
+    case = FALLBACKS[name]
+    policy = cpu_policy(
+        failure_threshold=case.threshold,
+        fallback_replicas=case.fallback,
+        **({"scale_up": case.scale_up} if case.scale_up else {}),
+        **({"scale_down": case.scale_down} if case.scale_down else {}),
+    )
+    history = History(recommendations=case.recommendations, consecutive_failures=case.failures_before)
+    decision, new_history = evaluate(flat(case.current, error="stats timed out"), policy, case.bounds, history, 100.0)
     assert (decision.desired, decision.reason) == (case.desired, case.reason)
     assert case.fragment in decision.message
     assert decision.proposals == ()
+    recommended = case.fallback if case.recommended is None else case.recommended
+    assert decision.recommendation == recommended
+    # Still a failed cycle, but the fallback is this cycle's recommendation: it is recorded for
+    # the stabilization windows, as a metric's would be.
     assert new_history.consecutive_failures == case.failures_before + 1
-    # A failed cycle leaves no recommendation behind for the stabilization window.
-    assert new_history.recommendations == history.recommendations
+    assert new_history.recommendations == case.recommendations + (TimedValue(100.0, recommended),)
 
 
 def test_no_reading_from_any_replica_counts_as_a_failed_cycle() -> None:
@@ -343,17 +467,20 @@ def test_a_limited_decision_names_the_rule(
 @dataclass(frozen=True)
 class Cycle:
     now: float
-    cpu: float
+    cpu: float | None  # None: the metrics source fails as a whole this cycle
     desired: int
     reason: str
     fragment: str = ""
 
 
-def run(policy: PolicyConfig, bounds: Bounds, start: int, cycles: Sequence[Cycle]) -> list[Decision]:
+def run(
+    policy: PolicyConfig, bounds: Bounds, start: int, cycles: Sequence[Cycle], history: History = History()
+) -> list[Decision]:
     """Play cycles as the control loop would: apply each decision and record the change."""
-    history, current, decisions = History(), start, []
+    current, decisions = start, []
     for cycle in cycles:
-        decision, history = evaluate(flat(current, cpu=cycle.cpu), policy, bounds, history, cycle.now)
+        snapshot = flat(current, cpu=cycle.cpu) if cycle.cpu is not None else flat(current, error="stats timed out")
+        decision, history = evaluate(snapshot, policy, bounds, history, cycle.now)
         assert (cycle.now, decision.desired, decision.reason) == (cycle.now, cycle.desired, cycle.reason)
         assert cycle.fragment in decision.message
         history = record_scale(history, cycle.now, current, decision.desired)
@@ -427,6 +554,50 @@ SCENARIOS = {
             Cycle(120, 5, 57, "scale_down_limit"),
         ],
     ),
+    # The fallback goes through the down window like a metric: the 8 recommended at t=0 holds
+    # the count until t=300, then 100% per 15 s lets 8 -> 1 go in one step. Failed cycles
+    # before the threshold record nothing; fallback cycles record 1.
+    "fallback-held-by-down-window": (
+        cpu_policy(failure_threshold=3, fallback_replicas=1),
+        BOUNDS,
+        8,
+        [
+            Cycle(0, 50, 8, "within_tolerance"),
+            Cycle(15, None, 8, "metrics_unavailable", "metrics failed 1 cycles in a row (stats timed out): holding 8"),
+            Cycle(30, None, 8, "metrics_unavailable"),
+            Cycle(
+                45, None, 8, "scale_down_stabilized",
+                "metrics failed 3 cycles in a row (stats timed out): fallback to 1 held back -> 8 -> 8 "
+                "(wanted 1, highest recommendation of the last 300s is 8)",
+            ),
+            Cycle(150, None, 8, "scale_down_stabilized"),
+            Cycle(299, None, 8, "scale_down_stabilized"),
+            Cycle(300, None, 1, "fallback", "metrics failed 6 cycles in a row (stats timed out): fallback -> 8 -> 1"),
+            Cycle(315, None, 1, "fallback", "fallback -> 1 -> 1"),
+            # Metrics are back: the 1s of the fallback are in the window, so a scale-up goes at once.
+            Cycle(330, 100, 2, "scale_up", "cpu 100% > target 50% -> 1 -> 2"),
+        ],
+    ),
+    # The same with a down rule of 2 per 60 s: past the window the rule paces the way down.
+    "fallback-paced-by-down-rule": (
+        cpu_policy(
+            failure_threshold=1,
+            fallback_replicas=1,
+            scale_down=ScalingBehavior(
+                stabilization_seconds=60, rules=[ScalingRule(type="replicas", value=2, period_seconds=60)]
+            ),
+        ),
+        BOUNDS,
+        6,
+        [
+            Cycle(0, 50, 6, "within_tolerance"),
+            Cycle(30, None, 6, "scale_down_stabilized", "fallback to 1 held back -> 6 -> 6"),
+            Cycle(60, None, 4, "scale_down_limit", "fallback to 1 held back -> 6 -> 4 (wanted 1, capped at -2 per 60s)"),
+            Cycle(90, None, 4, "scale_down_limit"),
+            Cycle(120, None, 2, "scale_down_limit"),
+            Cycle(180, None, 1, "fallback", "fallback -> 2 -> 1"),
+        ],
+    ),
 }
 
 
@@ -434,6 +605,133 @@ SCENARIOS = {
 def test_scenarios(name: str) -> None:
     policy, bounds, start, cycles = SCENARIOS[name]
     run(policy, bounds, start, cycles)
+
+
+# --- a restart: the history seeded with the current count ----------------------------------------
+
+
+def test_seed_history_holds_the_current_count_at_now() -> None:
+    assert seed_history(6, 12.5) == History(recommendations=(TimedValue(12.5, 6),))
+
+
+SEEDING = {
+    # 20% against 60% asks for 2 of 6. Seeded as the HPA seeds on first sight, the 6 holds for
+    # the 300 s down window; at t=300 it has left (entries at exactly now - window are out) and
+    # 100% per 15 s lets 6 -> 2 go in one step.
+    "seeded": (
+        cpu_policy(60),
+        seed_history(6, 0.0),
+        [
+            Cycle(0, 20, 6, "scale_down_stabilized", "(wanted 2, highest recommendation of the last 300s is 6)"),
+            Cycle(15, 20, 6, "scale_down_stabilized"),
+            Cycle(285, 20, 6, "scale_down_stabilized"),
+            Cycle(300, 20, 2, "scale_down", "cpu 20% < target 60% -> 6 -> 2"),
+        ],
+    ),
+    # The same restart with a down rule of 1 per 15 s: past the window the rule paces it.
+    "seeded-paced-by-rule": (
+        cpu_policy(60, scale_down=ScalingBehavior(rules=[ScalingRule(type="replicas", value=1, period_seconds=15)])),
+        seed_history(6, 0.0),
+        [
+            Cycle(0, 20, 6, "scale_down_stabilized"),
+            Cycle(285, 20, 6, "scale_down_stabilized"),
+            Cycle(300, 20, 5, "scale_down_limit", "(wanted 2, capped at -1 per 15s)"),
+            Cycle(315, 20, 4, "scale_down_limit"),
+        ],
+    ),
+    # Without the seed a restarted daemon acts on its first view at once: 6 -> 2.
+    "unseeded-jumps": (
+        cpu_policy(60),
+        History(),
+        [Cycle(0, 20, 2, "scale_down", "cpu 20% < target 60% -> 6 -> 2")],
+    ),
+    # The seed is a recommendation like any other: it never holds back a scale-up (0 s up window).
+    "seeded-scale-up-at-once": (
+        cpu_policy(60),
+        seed_history(6, 0.0),
+        [Cycle(0, 90, 9, "scale_up", "cpu 90% > target 60% -> 6 -> 9")],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(SEEDING), ids=list(SEEDING))
+def test_a_seeded_history_restarts_without_a_jump(name: str) -> None:
+    policy, history, cycles = SEEDING[name]
+    run(policy, BOUNDS, 6, cycles, history)
+
+
+# --- tolerance: any value >= 0, as the HPA ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tolerance", "cpu", "desired", "reason"),
+    [
+        (Tolerance(up=0.1, down=1.0), 10, 4, "within_tolerance"),
+        (Tolerance(up=0.1, down=1.0), 0, 4, "within_tolerance"),  # ratio 0 is the band's edge
+        (Tolerance(up=0.1, down=2.5), 10, 4, "within_tolerance"),
+        (Tolerance(up=0.1, down=1.0), 100, 8, "scale_up"),  # the up side is untouched
+        (Tolerance(up=3.0, down=0.1), 200, 4, "within_tolerance"),  # ratio 4.0 = 1 + 3: inclusive
+        (Tolerance(up=3.0, down=0.1), 201, 8, "scale_up_limit"),  # ceil(4.02 * 4) = 17, +4 per 15s
+        (Tolerance(up=3.0, down=0.1), 10, 1, "scale_down"),  # the down side is untouched
+    ],
+    ids=[
+        "down-1-disables-ratio-scale-down",
+        "down-1-zero-load",
+        "down-2.5",
+        "down-1-still-scales-up",
+        "up-3-holds-at-4x",
+        "up-3-scales-past-4x",
+        "up-3-still-scales-down",
+    ],
+)
+def test_tolerances_of_one_and_above(tolerance: Tolerance, cpu: float, desired: int, reason: str) -> None:
+    # Tolerances.isWithin: (1 - down) <= ratio <= (1 + up). The config accepts any value >= 0;
+    # the plan is built directly here so that this does not depend on the config's bound.
+    plan = replace(plan_of(cpu_policy(50, scale_down=NO_DOWN_WINDOW)), tolerance=tolerance)
+    decision, _ = evaluate(flat(4, cpu=cpu), plan, BOUNDS, History(), 0.0)
+    assert (decision.desired, decision.reason) == (desired, reason)
+
+
+@pytest.mark.parametrize(
+    ("config", "cpu", "desired", "reason"),
+    [
+        ({"tolerance_down": 1.0}, 5, 4, "within_tolerance"),
+        ({"tolerance": 1.5}, 0, 4, "within_tolerance"),
+        ({"tolerance": 1.5}, 126, 8, "scale_up_limit"),  # 2.52 > 2.5: ceil(10.08), +4 per 15s
+        ({"tolerance_up": 2.0}, 150, 4, "within_tolerance"),
+    ],
+    ids=["tolerance-down-1", "tolerance-1.5-zero-load", "tolerance-1.5-past-the-band", "tolerance-up-2"],
+)
+def test_tolerances_of_one_and_above_from_the_config(
+    config: dict[str, float], cpu: float, desired: int, reason: str
+) -> None:
+    # The config's tolerance reaches evaluate() through the plan, whatever its size.
+    policy = cpu_policy(50, scale_down=NO_DOWN_WINDOW, **config)
+    decision, _ = evaluate(flat(4, cpu=cpu), policy, BOUNDS, History(), 0.0)
+    assert (decision.desired, decision.reason) == (desired, reason)
+
+
+# --- reasons are codes --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "reason"),
+    [
+        ("hold", "cpu 40% > target 30%: within tolerance", "hold"),
+        ("within_tolerance", "cpu 40% > target 30%: hold", "within_tolerance"),
+        ("scale", "within tolerance", "hold"),  # ceil(ratio x count) = count: a plain hold
+    ],
+    ids=["hold-code-despite-message", "tolerance-code-despite-message", "scale-to-same-count"],
+)
+def test_the_decision_reason_comes_from_the_proposal_code_not_its_message(
+    monkeypatch: pytest.MonkeyPatch, code: str, message: str, reason: str
+) -> None:
+    def proposal(metric: Metric, replicas: object, target: float, *args: object) -> MetricProposal:
+        return MetricProposal(metric, 40.0, target, 3, message, code)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(evaluate_module, "target_tracking", proposal)
+    decision, _ = evaluate(flat(3, cpu=40), cpu_policy(30), BOUNDS, History(), 0.0)
+    assert (decision.desired, decision.reason) == (3, reason)
 
 
 def test_history_is_pruned_to_the_longest_window_or_period() -> None:

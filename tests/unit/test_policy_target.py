@@ -354,6 +354,101 @@ def test_tracking_messages_explain_the_rework(pods: tuple[P | float | None, ...]
     assert fragment in proposal.message
 
 
+@pytest.mark.parametrize(
+    ("pods", "target", "tolerance", "expected", "reason"),
+    [
+        ((30, 50, 70), 30, DEFAULT, 5, "scale"),
+        ((10, 30, 50, 25, 25), 50, DEFAULT, 3, "scale"),
+        ((101, 103, 102), 100, DEFAULT, 3, "within_tolerance"),
+        ((85, 85, 85), 100, DEFAULT, 3, "scale"),  # outside the band, ceil(2.55) = 3: same count
+        ((40, unready(50), unready(70)), 30, DEFAULT, 3, "hold"),  # the rework flips the direction
+        ((190, None), 100, DEFAULT, 2, "hold"),  # the rework lands in the band
+        ((10, 10, None), 50, DEFAULT, 2, "hold"),  # the rework grows while the ratio says shrink
+        ((40, 9.5, None, None), 100, DEFAULT, 3, "scale"),  # reworked, then scaled
+        ((unready(30), 50, 70), 30, DEFAULT, 4, "scale"),
+        ((None, None), 50, DEFAULT, None, "no_reading"),
+        ((unready(50),), 50, DEFAULT, None, "no_reading"),
+    ],
+    ids=[
+        "scale-up",
+        "scale-down",
+        "within-tolerance",
+        "scale-to-same-count",
+        "rework-flips",
+        "rework-lands-in-band",
+        "rework-against-ratio",
+        "missing-reworked-scale",
+        "not-ready-reworked-scale",
+        "all-missing",
+        "only-unready",
+    ],
+)
+def test_tracking_reason_codes(
+    pods: tuple[P | float | None, ...], target: float, tolerance: Tolerance, expected: int | None, reason: str
+) -> None:
+    # evaluate() decides on the code; the message is for people and never parsed.
+    replicas = samples(Metric.CPU, pods)
+    # The rolling-update row counts two replicas as current while three are seen.
+    current = 2 if pods == (10, 10, None) else len(replicas)
+    proposal = target_tracking(Metric.CPU, replicas, target, tolerance, current)
+    assert (proposal.proposal, proposal.reason) == (expected, reason)
+
+
+# --- target tracking: tolerances of any size, as the HPA --------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pods", "tolerance", "expected", "reason"),
+    [
+        # down >= 1: 1 - down <= 0 <= every ratio, so nothing below 1 leaves the band.
+        ((10,) * 4, Tolerance(up=0.1, down=1.0), 4, "within_tolerance"),
+        ((0,) * 4, Tolerance(up=0.1, down=1.0), 4, "within_tolerance"),  # ratio 0 = the edge
+        ((1,) * 4, Tolerance(up=0.1, down=5.0), 4, "within_tolerance"),
+        ((49.9,) * 4, Tolerance(up=0.0, down=1.0), 4, "within_tolerance"),
+        # ... nor by the rework: missing replicas at 100% on a scale-down, then in the band.
+        ((10, 10, None, None), Tolerance(up=0.1, down=1.0), 4, "hold"),
+        # ... and the up side is untouched: 100 / 50 * 4 = 8.
+        ((100,) * 4, Tolerance(up=0.1, down=1.0), 8, "scale"),
+        ((50.5,) * 4, Tolerance(up=0.0, down=1.0), 5, "scale"),
+        # A large up tolerance: ratio 4 = 1 + 3 is inside (inclusive), 4.02 is not.
+        ((200,) * 4, Tolerance(up=3.0, down=0.1), 4, "within_tolerance"),
+        ((201,) * 4, Tolerance(up=3.0, down=0.1), 17, "scale"),
+        # ... the not-ready rework on a scale-up lands in it: (300 + 0) / 2 = 150 -> ratio 3.
+        ((300, unready(10)), Tolerance(up=3.0, down=0.1), 2, "hold"),
+        # ... and the down side is untouched: 10 / 50 * 4 = 0.8 -> 1.
+        ((10,) * 4, Tolerance(up=3.0, down=0.1), 1, "scale"),
+        # Both large: everything up to 11x the target holds.
+        ((550,) * 4, Tolerance(up=10.0, down=10.0), 4, "within_tolerance"),
+        ((0,) * 4, Tolerance(up=10.0, down=10.0), 4, "within_tolerance"),
+        ((551,) * 4, Tolerance(up=10.0, down=10.0), 45, "scale"),
+    ],
+    ids=[
+        "down-1-holds-at-20pct",
+        "down-1-holds-at-zero",
+        "down-5-holds",
+        "down-1-up-0-just-below",
+        "down-1-missing-rework-holds",
+        "down-1-scales-up",
+        "down-1-up-0-just-above",
+        "up-3-holds-at-edge",
+        "up-3-scales-past-edge",
+        "up-3-unready-rework-holds",
+        "up-3-scales-down",
+        "both-10-holds-high",
+        "both-10-holds-zero",
+        "both-10-scales-past",
+    ],
+)
+def test_tolerances_of_one_and_above(
+    pods: tuple[P | float | None, ...], tolerance: Tolerance, expected: int, reason: str
+) -> None:
+    # The HPA accepts any tolerance >= 0 (Tolerances.isWithin: (1 - down) <= ratio <= (1 + up)),
+    # so a scale-down tolerance >= 1 turns ratio scale-down off.
+    replicas = samples(Metric.CPU, pods)
+    proposal = target_tracking(Metric.CPU, replicas, 50, tolerance, len(replicas))
+    assert (proposal.proposal, proposal.reason) == (expected, reason)
+
+
 # --- step scaling ----------------------------------------------------------------------------
 
 
@@ -423,6 +518,7 @@ BANDS = [
 def test_step_scaling_picks_the_matching_band(value: float, expected: int, fragment: str) -> None:
     (proposal,) = step_scaling(BANDS, {Metric.CPU: value}, 3)
     assert proposal.proposal == expected
+    assert proposal.reason == ("no_step_matches" if "no step matches" in fragment else "step")
     assert proposal.utilization == value
     assert math.isnan(proposal.target)
     assert fragment in proposal.message
@@ -438,20 +534,22 @@ def test_step_scaling_first_matching_band_wins() -> None:
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ({Metric.CPU: 90.0, Metric.QUEUE: 500.0}, [(Metric.CPU, 5), (Metric.QUEUE, 6)]),
-        ({Metric.CPU: None, Metric.QUEUE: 50.0}, [(Metric.CPU, None), (Metric.QUEUE, 3)]),
-        ({Metric.QUEUE: 500.0}, [(Metric.CPU, None), (Metric.QUEUE, 6)]),
+        ({Metric.CPU: 90.0, Metric.QUEUE: 500.0}, [(Metric.CPU, 5, "step"), (Metric.QUEUE, 6, "step")]),
+        ({Metric.CPU: None, Metric.QUEUE: 50.0}, [(Metric.CPU, None, "no_reading"), (Metric.QUEUE, 3, "no_step_matches")]),
+        ({Metric.QUEUE: 500.0}, [(Metric.CPU, None, "no_reading"), (Metric.QUEUE, 6, "step")]),
     ],
     ids=["one-proposal-per-metric", "missing-value-no-proposal", "absent-value-no-proposal"],
 )
-def test_step_scaling_per_metric(values: dict[Metric, float | None], expected: list[tuple[Metric, int | None]]) -> None:
+def test_step_scaling_per_metric(
+    values: dict[Metric, float | None], expected: list[tuple[Metric, int | None, str]]
+) -> None:
     steps = [
         step(80, None, 2),
         step(100, None, 100, percent=True, metric=Metric.QUEUE),
         step(None, 10, -1, metric=Metric.QUEUE),
     ]
     proposals = step_scaling(steps, values, 3)
-    assert [(p.metric, p.proposal) for p in proposals] == expected
+    assert [(p.metric, p.proposal, p.reason) for p in proposals] == expected
     for p in proposals:
         if p.proposal is None:
             assert p.utilization is None

@@ -11,6 +11,10 @@ from __future__ import annotations
 import csv
 import math
 import os
+import subprocess
+import sys
+import time
+import tracemalloc
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,8 @@ from autoscaler.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
 from autoscaler.config import ServiceConfig
 from autoscaler.simulate import (
     DEFAULT_START,
+    MAX_SIMULATED_STEPS,
+    MAX_TRACE_BYTES,
     TIMELINE_HEADER,
     Result,
     Summary,
@@ -28,6 +34,7 @@ from autoscaler.simulate import (
     TraceError,
     plot,
     read_trace,
+    replay_steps,
     simulate,
     write_timeline,
 )
@@ -284,6 +291,13 @@ BAD_TRACES = [
     (HEADER + "\n0,1\n\nx,1\n", 5, "time_seconds: 'x' is not a number"),
     (b"time_seconds,cpu_cores\n0,1\n5,\xff\n", 3, "not UTF-8 text (invalid start byte)"),
     (b"time_seconds,cpu_\xe9\n0,1\n", 1, "not UTF-8 text"),
+    # Absurd values: unit mistakes, and arithmetic the replay could not do exactly or at all.
+    (HEADER + "0,1\n1e18,1\n", 3, "time_seconds: '1e18' is more than 1e+10 (milliseconds?)"),
+    (HEADER + "0,1\n5,1\n10,2e6\n", 4, "cpu_cores: '2e6' is more than 1e+06"),
+    (HEADER + "0,1e308\n", 2, "cpu_cores: '1e308' is more than 1e+06"),
+    ("time_seconds,cpu_cores,memory_bytes\n0,1,1e19\n", 2, "memory_bytes: '1e19' is more than 1e+18"),
+    ("time_seconds,cpu_cores,requests_per_second\n0,1,5\n1,1,1e13\n", 3, "requests_per_second: '1e13' is more than 1e+12"),
+    (HEADER + "0,1\n1e400,1\n", 3, "time_seconds: '1e400' must be a finite number >= 0"),
 ]
 BAD_IDS = [
     "empty-file",
@@ -305,6 +319,12 @@ BAD_IDS = [
     "blank-lines-counted",
     "not-utf8-row",
     "not-utf8-header",
+    "time-1e18",
+    "cpu-over-a-million-cores",
+    "cpu-1e308",
+    "memory-over-1e18",
+    "rps-over-1e12",
+    "time-overflows-to-inf",
 ]
 
 
@@ -326,6 +346,74 @@ def test_read_trace_rejects_naming_file_and_line(tmp_path: Path, content: str | 
 def test_read_trace_of_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(TraceError, match="missing.csv: cannot read"):
         read_trace(tmp_path / "missing.csv")
+
+
+def test_read_trace_refuses_a_file_over_the_limit_without_reading_it(tmp_path: Path) -> None:
+    path = tmp_path / "huge.csv"
+    with path.open("wb") as handle:
+        handle.truncate(MAX_TRACE_BYTES + 1)  # sparse: no disk space, nothing to read
+    with pytest.raises(TraceError) as error:
+        read_trace(path)
+    assert str(error.value) == f"{path}: 1.0 GiB is too large a trace (at most 1 GiB; a year of one-second samples is about 0.5 GiB)"
+
+
+def test_read_trace_refuses_what_is_not_a_regular_file() -> None:
+    # /dev/zero has no size and no end: the reader would hold it in memory until killed.
+    with pytest.raises(TraceError, match="^/dev/zero: cannot read \\(not a regular file\\)$"):
+        read_trace("/dev/zero")
+
+
+# --- the replay's size, checked before it allocates -------------------------------------------
+
+# id -> (first and last time of the trace, interval_seconds, steps or the refusal's text)
+REPLAY_SIZES: dict[str, tuple[float, float, float, int | str]] = {
+    "one-step": (0.0, 0.0, 5.0, 1),
+    "a-week-at-5-s": (0.0, 604_800.0, 5.0, 120_961),
+    "at-the-limit": (0.0, (MAX_SIMULATED_STEPS - 1) * 5.0, 5.0, MAX_SIMULATED_STEPS),
+    "one-step-over": (0.0, MAX_SIMULATED_STEPS * 5.0, 5.0,
+                      "the trace spans 50,000,000 s: at interval_seconds 5 that is 10,000,001 steps, more than the limit of 10,000,000"),
+    "span-1e18": (0.0, 1e18, 5.0, "the trace spans 1e+18 s: at interval_seconds 5 that is 2e+17 steps"),
+    "late-start-of-a-long-span": (1e9, 1e9 + 1e8, 1.0, "the trace spans 100,000,000 s: at interval_seconds 1 that is 100,000,001 steps"),
+    "tiny-interval": (0.0, 10.0, 1e-300, "that is 1e+301 steps, more than the limit of 10,000,000 (shorten the trace or lengthen"),
+    "zero-interval": (0.0, 10.0, 0.0, "interval_seconds must be a finite number > 0 (got 0.0)"),
+    "nan-interval": (0.0, 10.0, math.nan, "interval_seconds must be a finite number > 0 (got nan)"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("first", "last", "interval", "expected"), REPLAY_SIZES.values(), ids=list(REPLAY_SIZES))
+def test_replay_steps(first: float, last: float, interval: float, expected: int | str) -> None:
+    trace = Trace([first, last] if last > first else [first], [1.0, 1.0] if last > first else [1.0])
+    if isinstance(expected, int):
+        assert replay_steps(trace, interval) == expected
+    else:
+        with pytest.raises(TraceError) as error:
+            replay_steps(trace, interval)
+        assert expected in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "start",
+    [datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 1, tzinfo=UTC)],
+    ids=["year-1", "year-9999"],
+)
+def test_replay_that_leaves_the_calendar_is_refused(start: datetime) -> None:
+    # Schedules look a window's length around each step: near year 1 or 9999 that overflowed.
+    with pytest.raises(TraceError, match="leaves the calendar"):
+        replay_steps(Trace([0.0, 86_400.0], [1.0, 1.0]), 5.0, start)
+
+
+def test_simulate_refuses_a_huge_span_before_allocating() -> None:
+    # Two samples 1e18 s apart would be 2e17 steps: the refusal must come before the per-step lists.
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(TraceError, match="more than the limit of 10,000,000"):
+            simulate(Trace([0.0, 1e18], [1.0, 1.0]), "web", service(), 5.0)
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - started < 1.0
+    assert peak_bytes < 10 * 1024**2
 
 
 # --- timeline and chart ---------------------------------------------------------------------
@@ -507,3 +595,35 @@ def test_cli_unwritable_output_exits_1(tmp_path: Path, config: Path, capsys: pyt
     assert run(argv) == EXIT_FAILURE
     assert "autoscaler: cannot write output:" in capsys.readouterr().err
 
+
+
+# id -> (trace text, the one line expected on stderr after "autoscaler: <trace>: ")
+NASTY_TRACES = {
+    "time-1e18": (HEADER + "0,1\n1e18,1\n", "line 3: time_seconds: '1e18' is more than 1e+10 (milliseconds?)"),
+    "span-over-the-step-limit": (
+        HEADER + "0,1\n1e9,1\n",
+        "the trace spans 1,000,000,000 s: at interval_seconds 10 that is 100,000,001 steps, "
+        "more than the limit of 10,000,000 (shorten the trace or lengthen the interval)",
+    ),
+}
+
+
+@pytest.mark.parametrize(("text", "message"), NASTY_TRACES.values(), ids=list(NASTY_TRACES))
+def test_as_a_process_a_nasty_trace_is_one_line_and_exit_2_at_once(tmp_path: Path, config: Path, text: str, message: str) -> None:
+    trace = write_trace(tmp_path, text)
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("AUTOSCALER_")}
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "autoscaler.cli", "simulate", "-c", str(config), "--service", "web", "--trace", str(trace)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30,
+    )
+    assert time.perf_counter() - started < 10  # the process start is most of it
+    assert result.returncode == EXIT_USAGE
+    assert result.stderr.splitlines() == [f"autoscaler: {trace}: {message}"]
+    assert result.stdout == ""
+
+
+def test_cli_start_outside_the_calendar_exits_2(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["simulate", "-c", str(config), "--service", "web", "--trace", str(FIXTURES / "trace_constant.csv")]
+    assert run([*argv, "--start", "0001-01-01T00:00:00+00:00"]) == EXIT_USAGE
+    assert "argument --start: '0001-01-01T00:00:00+00:00' must be between 1970-01-01 and 9000-01-01" in capsys.readouterr().err
