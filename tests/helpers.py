@@ -14,11 +14,18 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import docker.errors
+
 
 def remove_service_objects(client, service: str) -> None:  # type: ignore[no-untyped-def]
     """Removes every container and network labelled with this service name."""
     for container in client.containers.list(all=True, filters={"label": f"autoscaler.service={service}"}):
-        container.remove(force=True, v=True)  # v: the daemon image's anonymous admin volume too
+        try:
+            container.remove(force=True, v=True)  # v: the daemon image's anonymous admin volume too
+        except docker.errors.APIError as exc:
+            # Gone meanwhile, or already being removed (a lease container removes itself).
+            if exc.status_code not in (404, 409):
+                raise
     for network in client.networks.list(filters={"label": f"autoscaler.service={service}"}):
         network.remove()
     for volume in client.volumes.list(filters={"label": f"autoscaler.service={service}"}):

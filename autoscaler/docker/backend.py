@@ -46,9 +46,13 @@ LOG_TAIL_LINES = 5
 
 
 class BackendError(Exception):
-    def __init__(self, operation: str, service: str | None, message: str) -> None:
+    """A Docker call failed. `unreachable`: the engine did not answer at all (stopped,
+    restarting, socket gone), as opposed to answering with an error."""
+
+    def __init__(self, operation: str, service: str | None, message: str, unreachable: bool = False) -> None:
         self.operation = operation
         self.service = service
+        self.unreachable = unreachable
         where = f" for service {service!r}" if service else ""
         super().__init__(f"docker {operation}{where}: {message}")
 
@@ -223,7 +227,7 @@ class DockerBackend:
                 # The engine's own sentence, without the request URL around it.
                 raise BackendError(operation, service, str(exc.explanation or exc)) from exc
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-                raise BackendError(operation, service, str(exc)) from exc
+                raise BackendError(operation, service, str(exc), unreachable=_unreachable(exc)) from exc
 
     # --- checks -------------------------------------------------------------------------
 
@@ -572,3 +576,8 @@ def _epoch(text: str | None) -> float | None:
         return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00").timestamp()
     except ValueError:
         return None
+
+
+def _unreachable(exc: Exception) -> bool:
+    """The engine did not answer (no socket, refused, reset, timed out), rather than refusing."""
+    return isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout))

@@ -55,24 +55,29 @@ class Lease:
         self._container_id: str | None = None
 
     def try_acquire(self) -> str | None:
-        """Takes the lease if it is free. Returns None when held by us, else who holds it."""
+        """Takes the lease if it is free. Returns None when held by us, else who holds it.
+        Raises BackendError when the engine cannot be asked."""
         if self.held():
             return None
         self._close()
-        for _ in range(2):
-            try:
-                self._create_and_attach()
-                log.info("lease %s taken (owner %s)", lease_name(self.service), self.owner,
-                         extra={"service": self.service})
-                return None
-            except docker.errors.APIError as exc:
-                if exc.status_code != 409:
-                    raise BackendError("lease", self.service, str(exc.explanation or exc)) from exc
-            holder = self._holder()
-            if holder is not None:
-                return holder
-            # A lease container that is not running (left by an engine restart) holds nothing.
-        return self._holder() or "another daemon (the lease container keeps reappearing)"
+        try:
+            for _ in range(2):
+                try:
+                    self._create_and_attach()
+                    log.info("lease %s taken (owner %s)", lease_name(self.service), self.owner,
+                             extra={"service": self.service})
+                    return None
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:
+                        raise BackendError("lease", self.service, str(exc.explanation or exc)) from exc
+                holder = self._holder()
+                if holder is not None:
+                    return holder
+                # A lease container that is not running (left by an engine restart) holds nothing.
+            return self._holder() or "another daemon (the lease container keeps reappearing)"
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            unreachable = isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout))
+            raise BackendError("lease", self.service, str(exc), unreachable=unreachable) from exc
 
     def held(self) -> bool:
         """Whether our attach connection is still open: cheap, no API call."""

@@ -23,6 +23,7 @@ starts afresh: timeouts then count from adoption, never less.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from bisect import insort
@@ -43,7 +44,7 @@ from autoscaler.docker.backend import (
 from autoscaler.docker.stats import StatsReading, cpu_percent, memory_percent
 from autoscaler.engine import backoff as bo
 from autoscaler.engine.operations import Operations, Outcome
-from autoscaler.lb.haproxy import BackendStat, HAProxyError, ServerStat
+from autoscaler.lb.haproxy import BackendStat, HAProxyError, ServerBusy, ServerStat
 from autoscaler.model import Bounds, Decision, History, ReplicaSample, ServiceSnapshot, TimedValue
 from autoscaler.policy.evaluate import evaluate, seed_history
 from autoscaler.policy.schedule import ScheduledBounds
@@ -81,8 +82,8 @@ class LoadBalancerAPI(Protocol):
     def enable_health(self, name: str) -> None: ...
     def set_ready(self, name: str) -> None: ...
     def set_drain(self, name: str) -> None: ...
-    def set_maint(self, name: str) -> None: ...
-    def delete_server(self, name: str) -> None: ...
+    def set_health_down(self, name: str) -> None: ...
+    def delete_server(self, name: str, force: bool = False) -> None: ...
 
 
 class LeaseHolder(Protocol):
@@ -211,6 +212,7 @@ class ServiceController:
         # Starts submitted and not collected yet (ReplicaSet "expectations"): counted as replicas
         # from the moment they are asked for, so that no pass starts the same replica twice.
         self._expected_starts: set[str] = set()
+        self._deleting: dict[str, float] = {}  # server name -> first try, while connections remain
         self._backoff = bo.Backoff()
         self._previous_stats: dict[str, StatsReading] = {}
         self._previous_requests: dict[str, tuple[float, int]] = {}
@@ -232,10 +234,12 @@ class ServiceController:
         return {"service": self.name, **fields}
 
     def _once(self, topic: str, level: int, message: str, *args: object, **extra: object) -> None:
-        """Logs a condition once per change of its text, not once per pass."""
+        """Logs a condition once per change, not once per pass. A change is a different text
+        once numbers and ids are set aside ("next try in 4s" and "in 8s" are the same news)."""
         text = message % args if args else message
-        if self.health.notes.get(topic) != text:
-            self.health.notes[topic] = text
+        key = _VARYING.sub("#", text)
+        if self.health.notes.get(topic) != key:
+            self.health.notes[topic] = key
             log.log(level, "%s", text, extra=self._extra(**extra))
 
     # --- set-up ---------------------------------------------------------------------------
@@ -279,10 +283,7 @@ class ServiceController:
         # Not held (first pass, lost with an engine restart, or standing by): whoever held it
         # may have changed things, so set up again once it is ours.
         self._set_up = False
-        try:
-            holder = self._lease.try_acquire()
-        except BackendError as exc:
-            holder = f"unknown: {exc}"
+        holder = self._lease.try_acquire()
         self.health.standby_holder = holder
         self._telemetry.lease_held.labels(self.name).set(0 if holder else 1)
         if holder is not None:
@@ -361,14 +362,21 @@ class ServiceController:
     def _cycle(self) -> Decision | None:
         config, schedule = self._configured
         start = now = self._clock()
-        if self.acquire_lease() is not None:
-            return None
         try:
+            # The pass's first look decides whether the engine is reachable (and only it: while
+            # dockerd shuts down, pooled connections still answer as new ones fail). Looking is
+            # harmless without the lease.
             replicas = self._backend.list_replicas(self.name, self.network)
         except BackendError as exc:
             self._engine_unreachable(exc)
             return None
         self._engine_reachable()
+        try:
+            if self.acquire_lease() is not None:
+                return None
+        except BackendError as exc:
+            self._once("lease", logging.WARNING, "cannot take the lease: %s (trying again)", exc)
+            return None
         if not self._set_up:
             try:
                 self.setup(wait_seconds=0)
@@ -442,21 +450,22 @@ class ServiceController:
     # --- observe: engine and load balancer ------------------------------------------------
 
     def _engine_unreachable(self, exc: BackendError) -> None:
+        """One line when the engine goes away, one when it is back; nothing in between."""
+        self.health.engine_error = str(exc)
+        self._telemetry.engine_up.labels(self.name).set(0)
         if self.health.engine_down_since is None:
             self.health.engine_down_since = self._wall_clock()
             self._telemetry.engine_outages.labels(self.name).inc()
-        self.health.engine_error = str(exc)
-        self._telemetry.engine_up.labels(self.name).set(0)
-        self._once("engine", logging.WARNING,
-                   "Docker engine not reachable (%s): holding, retrying every interval", exc)
+            log.warning("Docker engine not reachable (%s): holding, retrying every interval", exc,
+                        extra=self._extra())
 
     def _engine_reachable(self) -> None:
         down_since = self.health.engine_down_since
         self._telemetry.engine_up.labels(self.name).set(1)
         if down_since is not None:
             self.health.engine_down_since = None
-            self._once("engine", logging.WARNING, "Docker engine reachable again after %.0fs",
-                       self._wall_clock() - down_since)
+            log.warning("Docker engine reachable again after %.0fs", self._wall_clock() - down_since,
+                        extra=self._extra())
 
     def _load_balancer_state(
         self, config: ServiceConfig, now: float
@@ -470,9 +479,11 @@ class ServiceController:
                 error = str(exc)
             else:
                 if self.health.lb_down_since is not None:
-                    self._once("lb", logging.WARNING, "load balancer answering again after %.0fs",
-                               self._wall_clock() - self.health.lb_down_since)
+                    log.warning("load balancer answering again after %.0fs",
+                                self._wall_clock() - self.health.lb_down_since, extra=self._extra())
                     self.health.lb_down_since = None
+                    for topic in ("lb-repair", "lb-error"):
+                        self.health.notes.pop(topic, None)
                 self._lb_backoff = bo.maybe_reset(
                     bo.after_ready(self._lb_backoff, now, now), now, config.backoff_max_seconds
                 )
@@ -491,27 +502,30 @@ class ServiceController:
     def _repair_load_balancer(self, config: ServiceConfig, now: float, error: str) -> None:
         try:
             container = self._backend.load_balancer_container(self.name)
+            if container is not None and container.state in ("removing", "dead"):
+                self._once("lb-repair", logging.INFO, "load balancer %s is being removed: waiting", container.name)
+                return
             if container is not None and container.state == "running":
                 started = container.started_at_seconds or 0.0
                 if self._wall_clock() - started < LB_STARTUP_GRACE_SECONDS:
-                    self._once("lb", logging.INFO, "load balancer %s is starting", container.name)
+                    self._once("lb-repair", logging.INFO, "load balancer %s is starting", container.name)
                     if self.load_balancer is None or self.load_balancer.id != container.id:
                         self._use_load_balancer(self._backend.load_balancer_info(self.name, container.id))
                     return
             if now < self._lb_backoff.retry_at:
                 return
             if container is None:
-                self._once("lb", logging.WARNING, "load balancer missing (%s): creating it", error)
+                self._once("lb-repair", logging.WARNING, "load balancer missing (%s): creating it", error)
                 container_id = self._backend.create_load_balancer(self.lb_spec(config))
             elif container.state == "running":
-                self._once("lb", logging.WARNING,
+                self._once("lb-repair", logging.WARNING,
                            "load balancer %s runs but its API has not answered for %.0fs (%s): replacing it",
                            container.name, LB_STARTUP_GRACE_SECONDS, error)
                 self._backend.remove_load_balancer(self.name, container.id)
                 container_id = self._backend.create_load_balancer(self.lb_spec(config))
             elif container.state == "restarting":
                 report = self._backend.exit_report(self.name, container.id)
-                self._once("lb", logging.WARNING, "load balancer %s keeps restarting (%s)",
+                self._once("lb-repair", logging.WARNING, "load balancer %s keeps restarting (%s)",
                            container.name, report.describe())
                 self._lb_backoff = bo.after_failure(self._lb_backoff, now, report.describe(),
                                                     config.backoff_initial_seconds, config.backoff_max_seconds)
@@ -519,7 +533,7 @@ class ServiceController:
                 return
             else:
                 report = self._backend.exit_report(self.name, container.id)
-                self._once("lb", logging.WARNING, "load balancer %s is %s (%s): starting it",
+                self._once("lb-repair", logging.WARNING, "load balancer %s is %s (%s): starting it",
                            container.name, container.state, report.describe())
                 self._backend.start_load_balancer(self.name, container.id)
                 container_id = container.id
@@ -531,9 +545,11 @@ class ServiceController:
             for tracked in self._tracked.values():
                 tracked.registered_at = None
         except BackendError as exc:
+            if exc.unreachable:
+                return  # the engine's trouble, not the load balancer's: no backoff
             self._lb_backoff = bo.after_failure(self._lb_backoff, now, str(exc),
                                                 config.backoff_initial_seconds, config.backoff_max_seconds)
-            self._once("lb", logging.ERROR, "cannot bring the load balancer back: %s (next try in %.0fs)",
+            self._once("lb-error", logging.ERROR, "cannot bring the load balancer back: %s (next try in %.0fs)",
                        exc, bo.seconds_until_retry(self._lb_backoff, now))
 
     # --- repair: one replica at a time ----------------------------------------------------
@@ -569,10 +585,12 @@ class ServiceController:
             if view is not None:
                 views.append(view)
         if repair:
-            assert servers is not None and self._lb is not None
+            assert servers is not None
             for name in [n for n in servers if n not in listed and n not in starting_names]:
-                self._note("server %s has no replica: removing it from the load balancer", name)
-                self._lb_call(self._lb.delete_server, name)
+                if name not in self._deleting:
+                    self._note("server %s has no replica: removing it from the load balancer", name)
+                self._delete_server(config, name, now)
+            self._deleting = {n: t for n, t in self._deleting.items() if n in servers}
         # Forget what is gone, so memory stays bounded as replicas come and go.
         for name in [n for n in self._tracked if n not in listed and n not in starting_names]:
             del self._tracked[name]
@@ -611,16 +629,15 @@ class ServiceController:
         if expected is not None and (server is None or server.address != expected):
             if repair:
                 self._note("replica %s is not in the load balancer: registering it", name)
-                if server is not None:
-                    self._lb_call(self._lb.delete_server, name)
-                self._register(name, tracked, replica.ip, port, now)  # type: ignore[arg-type]
+                if server is None or self._delete_server(config, name, now, force=True):
+                    self._register(name, tracked, replica.ip, port, now)  # type: ignore[arg-type]
             return ReplicaView(replica, "starting", None)
-        if server is not None and replica.state == "paused" and not server.maintenance:
-            # Frozen: it accepts connections and answers none. Out of rotation now, not on the
-            # next failed check; it comes back once it answers its check again.
+        if server is not None and replica.state == "paused" and server.serving:
+            # Frozen: it accepts connections and answers none. Out of rotation now, not after
+            # the next failed checks; its checks go on, so it comes back by itself once unpaused.
             if repair:
                 self._note("replica %s is paused: out of rotation until it passes its check again", name)
-                self._lb_call(self._lb.set_maint, name)
+                self._lb_call(self._lb.set_health_down, name)
             tracked.unhealthy_since = tracked.unhealthy_since or now
             return ReplicaView(replica, "starting", server)
         if server is not None and server.serving:
@@ -688,16 +705,35 @@ class ServiceController:
     def _finish_drain(
         self, config: ServiceConfig, name: str, tracked: Tracked, server: ServerStat | None, now: float
     ) -> None:
-        assert self._lb is not None
         left = server.sessions_current if server is not None else 0
         if left:
             log.warning("drain timeout (%gs) for %s: closing %d session(s)",
                         config.policy.drain_timeout_seconds, name, left, extra=self._extra(replica=name))
-        if server is not None and not self._lb_call(self._lb.delete_server, name):
+        if server is not None and not self._delete_server(config, name, now, force=left > 0):
             return  # try again at the next step
         self._submit_removal(config, name, tracked.container_id, force=False)
         log.info("removed replica %s from the load balancer (drained); stopping it", name,
                  extra=self._extra(replica=name))
+
+    def _delete_server(self, config: ServiceConfig, name: str, now: float, force: bool = False) -> bool:
+        """Takes a server out of the load balancer; True when it is gone.
+
+        Connections still attached (HAProxy retrying a dead replica's requests elsewhere, idle
+        keep-alive connections) make it wait for a later step rather than cut them, up to
+        drain_timeout_seconds.
+        """
+        assert self._lb is not None
+        first = self._deleting.setdefault(name, now)
+        force = force or now - first >= config.policy.drain_timeout_seconds
+        try:
+            self._lb.delete_server(name, force=force)
+        except ServerBusy:
+            return False
+        except HAProxyError as exc:
+            log.warning("%s", exc, extra=self._extra(replica=name))
+            return False
+        self._deleting.pop(name, None)
+        return True
 
     def _submit_removal(self, config: ServiceConfig, name: str, container_id: str, force: bool) -> None:
         self._removing[name] = container_id
@@ -735,7 +771,7 @@ class ServiceController:
         now: float, reason: str, detail: str, counts: bool,
     ) -> None:
         if server is not None and self._lb is not None:
-            self._lb_call(self._lb.delete_server, name)
+            self._delete_server(config, name, now)  # if sessions remain, a later pass finishes it
         self._submit_removal(config, name, tracked.container_id, force=True)
         tracked.failed = True
         never_ready = tracked.ready_since is None
@@ -767,13 +803,17 @@ class ServiceController:
         log.log(level, "%s", message, extra=self._extra(replica=name, reason=reason))
 
     def _start_failed(self, config: ServiceConfig, name: str, counted_at: float | None, exc: Exception, now: float) -> None:
-        reason = "create_failed"
-        message = f"replica {name} could not be started: {exc}"
-        self._telemetry.start_failures.labels(self.name, reason).inc()
         if counted_at is not None:
             self._history = _uncount_scale_up(self._history, counted_at)
             if self._spec is not None:
                 self._spec -= 1
+        if isinstance(exc, BackendError) and exc.unreachable:
+            # The engine went away, not the replica: the next pass that reaches it starts it.
+            log.debug("replica %s not started: %s", name, exc, extra=self._extra(replica=name))
+            return
+        reason = "create_failed"
+        message = f"replica {name} could not be started: {exc}"
+        self._telemetry.start_failures.labels(self.name, reason).inc()
         self._backoff = bo.after_failure(self._backoff, now, message,
                                          config.backoff_initial_seconds, config.backoff_max_seconds)
         self.health.last_failure = message
@@ -793,8 +833,10 @@ class ServiceController:
                 self._expected_starts.discard(outcome.key)
                 self._started(config, outcome, now)
             elif outcome.kind == "remove" and outcome.error is not None:
-                log.warning("could not remove replica %s: %s (trying again)", outcome.key, outcome.error,
-                            extra=self._extra(replica=outcome.key))
+                unreachable = isinstance(outcome.error, BackendError) and outcome.error.unreachable
+                log.log(logging.DEBUG if unreachable else logging.WARNING,
+                        "could not remove replica %s: %s (trying again)", outcome.key, outcome.error,
+                        extra=self._extra(replica=outcome.key))
 
     def _started(self, config: ServiceConfig, outcome: Outcome, now: float) -> None:
         counted_at = outcome.context.get("counted_at")
@@ -891,7 +933,7 @@ class ServiceController:
         tracked = self._tracked[name]
         if view.state == "starting":
             if view.server is not None:
-                self._lb_call(self._lb.delete_server, name)
+                self._delete_server(config, name, now)
             self._submit_removal(config, name, tracked.container_id, force=True)
             log.info("removing replica %s (not serving yet)", name, extra=self._extra(replica=name))
             return
@@ -1053,6 +1095,9 @@ class ServiceController:
             if got_lock:
                 self._lock.release()
         return abandoned
+
+
+_VARYING = re.compile(r"\b[0-9a-f]{12,64}\b|\d+(?:\.\d+)?")
 
 
 def _in_transition(tracked: Tracked) -> bool:

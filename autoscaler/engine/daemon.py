@@ -86,10 +86,9 @@ class Daemon:
                     raise StartupError("stopped during start-up", exit_code=0)
                 controller = self._make_controller(name)
                 self.controllers[name] = controller
-                holder = controller.acquire_lease()
-                if holder is not None:
-                    continue  # standing by: the pass takes the lease and sets up when it is free
                 try:
+                    if controller.acquire_lease() is not None:
+                        continue  # standing by: a pass takes the lease and sets up when it is free
                     created.append((controller, controller.setup()))
                 except (BackendError, HAProxyError) as exc:
                     raise StartupError(f"service {name!r}: {exc}") from exc

@@ -23,6 +23,10 @@ class HAProxyError(Exception):
         super().__init__(f"haproxy {operation}: {message}")
 
 
+class ServerBusy(HAProxyError):
+    """A server cannot be deleted yet: connections are still attached to it."""
+
+
 @dataclass(frozen=True)
 class ServerStat:
     name: str
@@ -175,20 +179,31 @@ class HAProxyRuntime:
     def set_drain(self, name: str) -> None:
         self._expect("set_drain", f"set server {self.backend}/{name} state drain")
 
+    def set_health_down(self, name: str) -> None:
+        """Out of rotation now, with its checks still running: it comes back by itself once
+        they pass again (`state maint` would stop the checks of a server that was serving)."""
+        self._expect("set_health_down", f"set server {self.backend}/{name} health down")
+
     def set_maint(self, name: str) -> None:
         self._expect("set_maint", f"set server {self.backend}/{name} state maint")
 
     def shutdown_sessions(self, name: str) -> None:
         self._expect("shutdown_sessions", f"shutdown sessions server {self.backend}/{name}")
 
-    def delete_server(self, name: str) -> None:
-        """maint -> delete. A server must be in maintenance with no connections to be deleted."""
+    def delete_server(self, name: str, force: bool = False) -> None:
+        """maint -> delete. A server must be in maintenance with no connections to be deleted.
+
+        While connections remain (requests HAProxy is still retrying elsewhere, idle keep-alive
+        connections) the delete is refused with ServerBusy, to be tried again later; force=True
+        closes them first (a drain that timed out).
+        """
         self.set_maint(name)
         answer = self.command(f"del server {self.backend}/{name}", "del_server")
         if answer == "Server deleted.":
             return
         if "still has" in answer or "connections" in answer:
-            # Idle keep-alive connections block a delete; close them and try once more.
+            if not force:
+                raise ServerBusy("del_server", f"{name}: connections still attached")
             self.shutdown_sessions(name)
             answer = self.command(f"del server {self.backend}/{name}", "del_server")
             if answer == "Server deleted.":

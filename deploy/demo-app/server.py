@@ -2,6 +2,7 @@
 
 GET /healthz          -> {"status": "ok", "hostname": ...}
 GET /work?cpu_ms=N    -> burns about N ms of CPU time, then {"hostname": ..., "cpu_ms": N}
+GET /alloc?mb=N       -> holds N MiB for the request's duration (memory-target demos, OOM tests)
 Every response is JSON with the container's hostname, so clients can see which replica served.
 """
 
@@ -17,6 +18,7 @@ from urllib.parse import parse_qs, urlparse
 
 HOSTNAME = socket.gethostname()
 MAX_CPU_MS = 10_000
+MAX_ALLOC_MB = 4096
 
 
 def burn_cpu(cpu_ms: float) -> None:
@@ -56,8 +58,21 @@ class Handler(BaseHTTPRequestHandler):
             burn_cpu(cpu_ms)
             self._reply(200, {"hostname": HOSTNAME, "cpu_ms": cpu_ms})
             return
+        if url.path == "/alloc":
+            try:
+                mb = int(parse_qs(url.query).get("mb", ["0"])[0])
+            except ValueError:
+                self._reply(400, {"error": "mb must be an integer", "hostname": HOSTNAME})
+                return
+            mb = max(0, min(mb, MAX_ALLOC_MB))
+            # Touch every page, so the memory is really used (and counted by the cgroup).
+            block = bytearray(mb * 1024 * 1024)
+            for offset in range(0, len(block), 4096):
+                block[offset] = 1
+            self._reply(200, {"hostname": HOSTNAME, "allocated_mb": mb})
+            return
         if url.path == "/":
-            self._reply(200, {"hostname": HOSTNAME, "endpoints": ["/healthz", "/work?cpu_ms=N"]})
+            self._reply(200, {"hostname": HOSTNAME, "endpoints": ["/healthz", "/work?cpu_ms=N", "/alloc?mb=N"]})
             return
         self._reply(404, {"error": "not found", "hostname": HOSTNAME})
 

@@ -31,7 +31,7 @@ from autoscaler.docker.backend import (
 from autoscaler.docker.stats import StatsReading
 from autoscaler.engine.controller import ServiceController
 from autoscaler.engine.operations import Outcome
-from autoscaler.lb.haproxy import BackendStat, HAProxyError, ServerStat
+from autoscaler.lb.haproxy import BackendStat, HAProxyError, ServerBusy, ServerStat
 from autoscaler.telemetry import Telemetry
 
 SERVICE = "web"
@@ -345,6 +345,8 @@ class FakeServer:
     sessions_current: int = 0
     sessions_total: int = 0
     drains_in: int | None = None  # polls after set_drain until the sessions end; None: never
+    forced_down: bool = False  # `health down`: DOWN until its check passes again
+    paused_polls: int = 0  # looks while its replica is paused; the third one finds its check failed
 
     @property
     def check_passed(self) -> bool:
@@ -356,7 +358,7 @@ class FakeServer:
             return "MAINT"
         if self.admin == "DRAIN":
             return "DRAIN"
-        return "UP" if self.check_passed else "DOWN"
+        return "UP" if self.check_passed and not self.forced_down else "DOWN"
 
     def stat(self) -> ServerStat:
         return ServerStat(self.name, self.address, self.status, self.check_status, self.sessions_current,
@@ -415,10 +417,14 @@ class FakeLoadBalancer:
         with self._lock:
             for server in self.members.values():
                 if server.health and self._paused(server.name):
-                    server.check_status = "L4TOUT"
+                    server.paused_polls += 1
+                    if server.paused_polls >= 3:
+                        server.check_status = "L4TOUT"
                     continue
+                server.paused_polls = 0
                 if server.check_status == "L4TOUT":  # unpaused: the application answers again
                     server.check_status = PASSED
+                    server.forced_down = False
                     continue
                 if server.health and not server.check_passed:
                     if server.passes_in is None:
@@ -469,13 +475,15 @@ class FakeLoadBalancer:
         server.drains_in = self.sessions_drop_after
         self.calls.add("set_drain", name)
 
-    def set_maint(self, name: str) -> None:
-        server = self._server("set_maint", name)
-        server.admin = "MAINT"
-        self.calls.add("set_maint", name)
+    def set_health_down(self, name: str) -> None:
+        server = self._server("set_health_down", name)
+        server.forced_down = True
+        self.calls.add("set_health_down", name)
 
-    def delete_server(self, name: str) -> None:
+    def delete_server(self, name: str, force: bool = False) -> None:
         server = self._server("del_server", name)
+        if server.sessions_current and not force:
+            raise ServerBusy("del_server", f"{name}: connections still attached")
         self.sessions_at_delete[name] = server.sessions_current
         del self.members[name]
         self.calls.add("delete_server", name)

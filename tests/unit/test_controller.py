@@ -32,7 +32,7 @@ from engine_fakes import (
 
 A, B, C, GONE = name("a"), name("b"), name("c"), name("gone")
 CHANGES = {"start_replica", "remove_replica", "add_server", "enable_health", "set_ready", "set_drain",
-           "delete_server", "set_maint"}
+           "delete_server", "set_health_down"}
 
 
 @pytest.fixture
@@ -115,7 +115,7 @@ REPAIR_CASES = [
     ),
     pytest.param(
         [(A, "paused", OLD)], [(A, "READY", PASSED, None)],
-        [("set_maint", A)], {A: "starting"},
+        [("set_health_down", A)], {A: "starting"},
         id="takes-a-paused-replica-out-of-rotation-and-keeps-it",
     ),
 ]
@@ -335,8 +335,8 @@ def test_a_paused_replica_leaves_rotation_comes_back_on_unpause_and_is_replaced_
     world.backend.set_state(B, "paused")
 
     world.run(controller, 3)
-    assert world.lb.status(B) == "MAINT" and B in world.backend.running or B in [
-        r.name for r in world.backend.replicas.values()], "out of rotation, not destroyed"
+    assert world.lb.status(B) == "DOWN", "out of rotation"
+    assert B in [r.name for r in world.backend.replicas.values()], "not destroyed"
     assert B not in [n for n, _ in world.backend.removed]
 
     world.backend.set_state(B, "running")  # unpaused

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from pathlib import Path
@@ -11,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from autoscaler.config import load_config
 from autoscaler.engine.daemon import Daemon
+from autoscaler.logs import setup_logging
 from autoscaler.telemetry import Telemetry
 
 CONFIG = """
@@ -109,3 +111,67 @@ def test_readiness_reports_what_is_missing(daemon) -> None:  # type: ignore[no-u
     assert code == 503
     assert b"web: not evaluated yet" in body
     assert b"docker: engine not reachable" in body
+
+
+# --- a reload applies every changed key or refuses, naming the key ------------------------------
+
+RESTART_ONLY_CASES = [
+    ("health_path = \"/ready\"\n", "services.web.health_path"),
+    ("network = \"other\"\n", "services.web.network"),
+]
+
+
+@pytest.mark.parametrize(("extra", "key"), RESTART_ONLY_CASES, ids=["health_path", "network"])
+def test_a_change_that_needs_a_restart_refuses_the_whole_reload_naming_the_key(daemon, extra: str, key: str, caplog) -> None:  # type: ignore[no-untyped-def]
+    d, path, controller, registry = daemon
+    before = d.settings
+    text = CONFIG.format(max_replicas=6).replace("memory_limit = \"256MiB\"\n", "memory_limit = \"256MiB\"\n" + extra)
+    path.write_text(text)
+    assert d.reload() is False
+    assert d.settings is before, "nothing applied, not even max_replicas"
+    assert controller.configs == []
+    assert f"{key} changed, which needs a restart" in caplog.text
+    assert reloads(registry, "failure") == 1
+
+
+@pytest.mark.parametrize(
+    ("daemon_table", "key"),
+    [("[daemon]\ninterval_seconds = 5\ndry_run = true\n", "daemon.dry_run"),
+     ("[daemon]\ninterval_seconds = 5\nload_balancer_access = \"network\"\n", "daemon.load_balancer_access"),
+     ("[daemon]\ninterval_seconds = 5\nadmin_socket_dir = \"/run/other\"\n", "daemon.admin_socket_dir")],
+    ids=["dry_run", "load_balancer_access", "admin_socket_dir"],
+)
+def test_daemon_keys_that_need_a_restart_are_named(daemon, daemon_table: str, key: str, caplog) -> None:  # type: ignore[no-untyped-def]
+    d, path, _, _ = daemon
+    path.write_text(CONFIG.format(max_replicas=4).replace("[daemon]\ninterval_seconds = 5\n", daemon_table))
+    assert d.reload() is False
+    assert key in caplog.text
+
+
+def test_daemon_keys_a_reload_can_apply_are_applied_and_listed(daemon, capsys) -> None:  # type: ignore[no-untyped-def]
+    d, path, controller, _ = daemon
+    path.write_text(CONFIG.format(max_replicas=4).replace(
+        "[daemon]\ninterval_seconds = 5\n",
+        "[daemon]\ninterval_seconds = 2\nshutdown_timeout_seconds = 4\nlog_level = \"debug\"\n",
+    ))
+    try:
+        assert d.reload() is True
+        assert d.settings.daemon.interval_seconds == 2
+        assert d.settings.daemon.shutdown_timeout_seconds == 4
+        assert logging.getLogger().level == logging.DEBUG, "the log level is applied, not just stored"
+        # The reload re-created the log handler (on stderr), so the line is read from there.
+        logged = capsys.readouterr().err
+        for key in ("daemon.interval_seconds", "daemon.shutdown_timeout_seconds", "daemon.log_level"):
+            assert key in logged
+    finally:
+        setup_logging("text", "info")
+
+
+def test_a_second_signal_exits_at_once(daemon, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    d, *_ = daemon
+    exits: list[int] = []
+    monkeypatch.setattr("os._exit", exits.append)
+    d.handle_exit(signal.SIGTERM, None)
+    assert d.should_exit.is_set() and exits == []
+    d.handle_exit(signal.SIGTERM, None)
+    assert exits == [1]
