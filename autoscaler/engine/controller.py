@@ -27,7 +27,7 @@ import re
 import threading
 import time
 from bisect import insort
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,6 +44,14 @@ from autoscaler.docker.backend import (
 from autoscaler.docker.stats import StatsReading, cpu_percent, memory_percent
 from autoscaler.engine import backoff as bo
 from autoscaler.engine.operations import Operations, Outcome
+from autoscaler.engine.replicas import (
+    Observation,
+    ReplicaView,
+    Tracked,
+    choose_victims,
+    classify_exit,
+    in_transition,
+)
 from autoscaler.lb.haproxy import BackendStat, HAProxyError, ServerBusy, ServerStat
 from autoscaler.model import Bounds, Decision, History, ReplicaSample, ServiceSnapshot, TimedValue
 from autoscaler.policy.evaluate import evaluate, seed_history
@@ -92,45 +100,6 @@ class LeaseHolder(Protocol):
     def release(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class ReplicaView:
-    replica: Replica
-    state: str  # ready | starting | draining
-    server: ServerStat | None
-
-
-@dataclass(frozen=True)
-class Observation:
-    views: tuple[ReplicaView, ...]
-    backend: BackendStat | None
-    in_flight: int = 0  # starts not finished yet
-    pending: int = 0  # starts decided but held back (backoff, or no load balancer yet)
-
-    def in_state(self, state: str) -> list[ReplicaView]:
-        return [v for v in self.views if v.state == state]
-
-    @property
-    def active(self) -> list[ReplicaView]:
-        """Replicas that count toward the current size: everything not on its way out."""
-        return [v for v in self.views if v.state != "draining"]
-
-
-@dataclass
-class Tracked:
-    """What this process knows of one replica beyond what the world shows."""
-
-    container_id: str
-    first_seen_at: float  # clock: when this controller started it or first saw it
-    created_at_wall: float  # epoch: the container's creation
-    started_by_us: bool = False
-    counted_at: float | None = None  # the scale-up decision this start belongs to (rate rules)
-    registered_at: float | None = None
-    ready_since: float | None = None
-    unhealthy_since: float | None = None  # was ready (or paused), now out of rotation
-    drain_deadline: float | None = None
-    failed: bool = False
-
-
 @dataclass
 class ServiceHealth:
     """Conditions shown by `status`, each logged once when it changes."""
@@ -143,32 +112,6 @@ class ServiceHealth:
     last_failure: str = ""
     last_failure_at: float | None = None  # wall clock
     notes: dict[str, str] = field(default_factory=dict)  # last message per topic, for once-per-change logs
-
-
-def replica_state(server: ServerStat | None) -> str:
-    if server is None or server.maintenance:
-        return "starting"
-    if server.draining:
-        return "draining"
-    if server.serving:
-        return "ready"
-    return "starting"  # DOWN: health checks failing, no traffic: not ready
-
-
-def classify_exit(report: ExitReport, was_ready: bool) -> tuple[str, bool]:
-    """(reason code, whether it counts toward the start backoff) for a replica that stopped.
-
-    A replica that never became ready failed to start, whatever its exit code. One that served
-    and was then stopped from outside (SIGTERM: code 0 or 143; SIGKILL without OOM: 137, as an
-    engine shutdown or `docker stop`/`kill` does) is replaced without a penalty.
-    """
-    if report.oom_killed:
-        return "oom_killed", True
-    if not was_ready:
-        return "exited", True
-    if report.exit_code in (0, 143, 137):
-        return "stopped", False
-    return "crashed", True
 
 
 class ServiceController:
@@ -314,15 +257,33 @@ class ServiceController:
         else:
             if self._backend.ensure_network(self.name, self.network):
                 created.append("network")
-            lb, fresh = self._backend.ensure_load_balancer(self.lb_spec())
+            try:
+                lb, fresh = self._backend.ensure_load_balancer(self.lb_spec())
+            except BackendError:
+                self.remove_created(created)
+                raise
             if fresh:
                 created.append("load-balancer")
         self._use_load_balancer(lb)
         if wait_seconds > 0:
-            self._wait_for_lb(wait_seconds)
+            try:
+                self._wait_for_lb(wait_seconds)
+            except HAProxyError:
+                self.remove_created(created)
+                raise
         self._set_up = True
         log.info("ready: load balancer %s%s", lb.name, " (new)" if fresh else " (adopted)", extra=self._extra())
         return created
+
+    def remove_created(self, created: list[str]) -> None:
+        """Removes what setup() created (a start that failed leaves nothing half-made)."""
+        try:
+            if "load-balancer" in created and self.load_balancer is not None:
+                self._backend.remove_load_balancer(self.name, self.load_balancer.id)
+            if "network" in created:
+                self._backend.remove_network(self.name, self.network)
+        except BackendError as exc:
+            log.warning("could not remove what the failed start created: %s", exc, extra=self._extra())
 
     def _use_load_balancer(self, lb: LoadBalancer) -> None:
         self.load_balancer = lb
@@ -427,7 +388,7 @@ class ServiceController:
             now = self._clock()
             self._collect(config, now)
             if self._lb is None or not any(
-                _in_transition(t) for n, t in self._tracked.items() if n not in self._removing
+                in_transition(t) for n, t in self._tracked.items() if n not in self._removing
             ):
                 return
             try:
@@ -441,7 +402,7 @@ class ServiceController:
                 if tracked.drain_deadline is not None:
                     if server.sessions_current == 0 or now >= tracked.drain_deadline:
                         self._finish_drain(config, name, tracked, server, now)
-                elif _in_transition(tracked) and server.maintenance and server.check_passed:
+                elif in_transition(tracked) and server.maintenance and server.check_passed:
                     self._promote(name, tracked, now)
             self._record_state(now)
         finally:
@@ -1100,26 +1061,9 @@ class ServiceController:
 _VARYING = re.compile(r"\b[0-9a-f]{12,64}\b|\d+(?:\.\d+)?")
 
 
-def _in_transition(tracked: Tracked) -> bool:
-    """Waiting for its check (new, re-registered, or back from a pause), or draining."""
-    if tracked.failed:
-        return False
-    return tracked.drain_deadline is not None or tracked.ready_since is None or tracked.unhealthy_since is not None
-
-
 def _uncount_scale_up(history: History, decided_at: float) -> History:
     """A scale-up start that failed or will not happen: take it back out of the rate rules'
     history, at the time it was counted, so it leaves their periods with its decision."""
     events = list(history.scale_up_events)
     insort(events, TimedValue(decided_at, -1), key=lambda e: e.at_seconds)
     return history._replace(scale_up_events=tuple(events))
-
-
-def choose_victims(active: Sequence[ReplicaView], count: int) -> list[ReplicaView]:
-    """Replicas that serve nobody first (as a ReplicaSet deletes unready pods first), then the
-    fewest current sessions; ties go to the newest replica (least warmed up)."""
-    def key(view: ReplicaView) -> tuple[int, int, float]:
-        sessions = view.server.sessions_current if view.server else 0
-        return (0 if view.state != "ready" else 1), sessions, -view.replica.created_at_seconds
-
-    return sorted(active, key=key)[:max(0, count)]

@@ -95,7 +95,7 @@ class Daemon:
         except StartupError:
             # Leave nothing half-made: what this start created goes again, leases are released.
             for controller, made in reversed(created):
-                self._remove_created(controller, made)
+                controller.remove_created(made)
             for controller in self.controllers.values():
                 controller.close(0)
             self.controllers.clear()
@@ -152,16 +152,6 @@ class Daemon:
             )
         except OSError as exc:
             raise StartupError(f"daemon.metrics_listen {host}:{port}: cannot listen ({exc})") from exc
-
-    def _remove_created(self, controller: ServiceController, made: list[str]) -> None:
-        assert self.backend is not None
-        try:
-            if "load-balancer" in made and controller.load_balancer is not None:
-                self.backend.remove_load_balancer(controller.name, controller.load_balancer.id)
-            if "network" in made:
-                self.backend.remove_network(controller.name, controller.network)
-        except BackendError as exc:
-            log.warning("could not remove what the failed start created: %s", exc, extra={"service": controller.name})
 
     def _make_controller(self, name: str) -> ServiceController:
         assert self.backend is not None

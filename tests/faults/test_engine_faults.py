@@ -15,7 +15,6 @@ import pytest
 from faultkit import (
     DaemonFactory,
     dockerd_command,
-    replicas_created,
     running_replicas,
     start_dockerd,
     stop_dockerd,

@@ -51,3 +51,17 @@ def test_a_taken_client_port_exits_1_and_leaves_no_container(docker_client, serv
     assert "address already in use" in result.stderr
     assert "Traceback" not in result.stderr
     assert containers(docker_client, service_name) == []
+    assert docker_client.networks.list(names=[f"autoscaler-{service_name}"]) == [], "the network it made went too"
+
+
+def test_limits_beyond_the_engine_exit_2_naming_the_key(docker_client, service_name: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "config.toml"
+    config.write_text(
+        demo_config(service_name, free_port(), free_port(), 2, "target_cpu_percent = 50")
+        .replace("cpu_limit = 0.25", "cpu_limit = 1000")
+    )
+    result = run(config)
+    assert result.returncode == 2
+    assert f"services.{service_name}.cpu_limit: 1000 cores, but the Docker engine has" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert containers(docker_client, service_name) == []

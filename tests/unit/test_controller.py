@@ -15,15 +15,12 @@ import pytest
 
 from autoscaler.docker.backend import ExitReport, Replica
 from autoscaler.engine import backoff as bo
-from autoscaler.engine.controller import ReplicaView, classify_exit, choose_victims
+from autoscaler.engine.replicas import ReplicaView, choose_victims, classify_exit
 from autoscaler.lb.haproxy import ServerStat
 from engine_fakes import (
-    CPU_LIMIT,
-    MEMORY_LIMIT,
     NETWORK,
     OLD,
     PASSED,
-    PORT,
     SERVICE,
     FakeServer,
     World,
