@@ -239,7 +239,11 @@ def step_means(times: list[float], values: list[float], ends: list[float], inter
     for end in ends:
         lo = bisect_right(times, end - interval_seconds, lo)
         hi = bisect_right(times, end, max(lo, hi))
-        if hi > lo:
+        if hi - lo == 1:
+            # One sample per step (a trace at the interval's own rate): its fsum, cheaply. The
+            # + 0.0 is what fsum does to a -0.0, so that the timeline never says "-0".
+            means.append(values[lo] + 0.0)
+        elif hi > lo:
             # fsum, not a difference of prefix sums: those carry the rounding of every earlier
             # sample (one sample of 2.0 came out as 2.0000000000000004), enough to push a ratio
             # sitting on the tolerance edge across it.

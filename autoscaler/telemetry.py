@@ -31,6 +31,7 @@ from autoscaler.model import Bounds, Decision, Metric, ServiceSnapshot
 from autoscaler.policy.target import pooled_value
 
 REPLICA_STATES = ("ready", "starting", "draining")
+STATS_SOURCES = ("cgroup", "docker_api", "mixed")
 NAN = float("nan")
 
 
@@ -126,6 +127,10 @@ class Telemetry:
         self.lb_up = Gauge("autoscaler_load_balancer_up", "1 when the load balancer's runtime API answers.", s, registry=r)
         self.lb_restarts = Counter(
             "autoscaler_load_balancer_repairs", "Load balancer (re)creations and restarts by the daemon.", s, registry=r
+        )
+        self.stats_source = Gauge(
+            "autoscaler_stats_source", "Where CPU and memory readings come from: 1 for the source in use.",
+            ["service", "source"], registry=r,
         )
         self.lease_held = Gauge(
             "autoscaler_lease_held", "1 when this daemon holds the service's lease (0: standing by).", s, registry=r
@@ -233,6 +238,10 @@ class Telemetry:
             self.replica_memory_percent.labels(service, m.name).set(_or_nan(m.memory_percent))
             self.replica_memory_bytes.labels(service, m.name).set(_or_nan(m.memory_bytes))
             self.replica_ready.labels(service, m.name).set(1 if m.ready else 0)
+
+    def record_stats_source(self, service: str, source: str) -> None:
+        for name in STATS_SOURCES:
+            self.stats_source.labels(service, name).set(1 if name == source else 0)
 
     def record_scale(self, service: str, direction: str, reason: str) -> None:
         self.scale_events.labels(service, direction, reason).inc()

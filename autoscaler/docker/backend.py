@@ -24,6 +24,7 @@ import docker
 import docker.errors
 import requests.exceptions
 
+from autoscaler.docker.cgroups import CgroupReader, host_mounts
 from autoscaler.docker.stats import StatsFormatError, StatsReading, parse_stats
 from autoscaler.instrument import NULL_OBSERVER, CallObserver
 
@@ -43,6 +44,9 @@ LB_METRICS_PORT = 8405
 # Where each load balancer sees the admin-socket directory; the daemon mounts its own side.
 LB_ADMIN_DIR = "/run/autoscaler"
 LOG_TAIL_LINES = 5
+# Stats through the API block for the engine's 1 s tick each: all of them run at once, so that
+# N replicas take one tick, not N / pool size. Threads are made as needed, up to this.
+API_STATS_WORKERS = 256
 
 
 class BackendError(Exception):
@@ -173,17 +177,23 @@ class DockerBackend:
         self,
         client: docker.DockerClient,
         observer: CallObserver = NULL_OBSERVER,
-        stats_workers: int = 16,
+        stats_workers: int = API_STATS_WORKERS,
         access: str = "published",
         admin_socket_dir: str | None = None,
+        cgroups: bool | None = None,
     ) -> None:
         self._client = client
         self._observer = observer
         self._access = access  # see DaemonConfig.load_balancer_access
         self.admin_socket_dir = admin_socket_dir or default_admin_socket_dir()
         self._admin_mount: tuple[str, str] | None = None  # (type, source), found on first use
-        # Stats calls block for the engine's 1 s collection tick: run them side by side.
         self._stats_pool = ThreadPoolExecutor(stats_workers, thread_name_prefix="docker-stats")
+        # Cgroup files are only ours to read when the engine runs on this host (a unix socket).
+        if cgroups is None:
+            cgroups = str(getattr(client.api, "base_url", "")).startswith("http+docker://")
+        self._cgroup_mounts = host_mounts() if cgroups else []
+        self._cgroup_readers: dict[str, CgroupReader] = {}
+        self.stats_sources: dict[str, str] = {}  # service -> "cgroup" | "docker_api" | "mixed"
 
     @classmethod
     def from_env(
@@ -194,7 +204,7 @@ class DockerBackend:
         admin_socket_dir: str | None = None,
     ) -> DockerBackend:
         try:
-            client = docker.from_env(timeout=timeout_seconds, max_pool_size=64)
+            client = docker.from_env(timeout=timeout_seconds, max_pool_size=API_STATS_WORKERS)
             client.ping()
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise BackendError(
@@ -551,20 +561,53 @@ class DockerBackend:
     # --- stats ----------------------------------------------------------------------------
 
     def read_stats(self, service: str, container_ids: list[str]) -> dict[str, StatsReading | None]:
-        """One-shot stats for every container, concurrently. None = no reading this time."""
+        """CPU and memory of every container: from its cgroup files where this host has them,
+        else one-shot Docker stats, all at once. None = no reading this time."""
+        result: dict[str, StatsReading | None] = {}
+        api_ids = list(container_ids)
+        if self._cgroup_mounts:
+            reader = self._cgroup_readers.get(service)
+            if reader is None:
+                reader = self._cgroup_readers[service] = CgroupReader(self._cgroup_mounts)
+            reader.forget(set(container_ids))
+            api_ids = []
+            with self._observer.call("cgroup", "read_stats"):
+                for container_id in container_ids:
+                    if not reader.known(container_id):
+                        reader.locate(container_id, self._pid(service, container_id))
+                    reading = reader.read(container_id)
+                    if reading is None:
+                        api_ids.append(container_id)
+                    else:
+                        result[container_id] = reading
+        if api_ids:
+            result.update(zip(api_ids, self._stats_pool.map(lambda i: self._api_stats(service, i), api_ids)))
+        if container_ids:
+            self.stats_sources[service] = (
+                "cgroup" if not api_ids else "docker_api" if len(api_ids) == len(container_ids) else "mixed"
+            )
+        return result
 
-        def one(container_id: str) -> StatsReading | None:
-            try:
-                doc = self._call(
-                    "container_stats", service, self._client.api.stats,
-                    container_id, stream=False, one_shot=True,
-                )
-                return parse_stats(doc)
-            except (BackendError, docker.errors.NotFound, StatsFormatError) as exc:
-                log.debug("no stats for %s: %s", container_id[:12], exc, extra={"service": service})
-                return None
+    def stats_source(self, service: str) -> str | None:
+        """Where the last reading of the service came from: cgroup, docker_api or mixed."""
+        return self.stats_sources.get(service)
 
-        return dict(zip(container_ids, self._stats_pool.map(one, container_ids)))
+    def _pid(self, service: str, container_id: str) -> int | None:
+        try:
+            info = self._call("container_inspect", service, self._client.api.inspect_container, container_id)
+        except (BackendError, docker.errors.NotFound):
+            return None
+        return int(info["State"].get("Pid") or 0) or None
+
+    def _api_stats(self, service: str, container_id: str) -> StatsReading | None:
+        try:
+            doc = self._call(
+                "container_stats", service, self._client.api.stats, container_id, stream=False, one_shot=True,
+            )
+            return parse_stats(doc)
+        except (BackendError, docker.errors.NotFound, StatsFormatError) as exc:
+            log.debug("no stats for %s: %s", container_id[:12], exc, extra={"service": service})
+            return None
 
 
 def _epoch(text: str | None) -> float | None:

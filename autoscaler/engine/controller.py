@@ -81,6 +81,7 @@ class ReplicaBackend(Protocol):
     def remove_replica(self, service: str, container_id: str, stop_timeout_seconds: int, force: bool = False) -> None: ...
     def exit_report(self, service: str, container_id: str) -> ExitReport: ...
     def read_stats(self, service: str, container_ids: list[str]) -> dict[str, StatsReading | None]: ...
+    def stats_source(self, service: str) -> str | None: ...
 
 
 class LoadBalancerAPI(Protocol):
@@ -111,6 +112,7 @@ class ServiceHealth:
     standby_holder: str | None = None
     last_failure: str = ""
     last_failure_at: float | None = None  # wall clock
+    stats_source: str | None = None  # cgroup | docker_api | mixed
     notes: dict[str, str] = field(default_factory=dict)  # last message per topic, for once-per-change logs
 
 
@@ -931,6 +933,12 @@ class ServiceController:
         config = config or self.config
         active = observation.active
         readings = self._backend.read_stats(self.name, [v.replica.id for v in active]) if active else {}
+        source = self._backend.stats_source(self.name)
+        if source is not None and source != self.health.stats_source:
+            if self.health.stats_source is not None or source != "cgroup":
+                log.info("CPU and memory now come from %s", source.replace("_", " "), extra=self._extra())
+            self.health.stats_source = source
+            self._telemetry.record_stats_source(self.name, source)
         now_wall = self._wall_clock()
         now = self._clock()
         samples = []

@@ -433,6 +433,7 @@ def service_status(controller: ServiceController, now: float, interval_seconds: 
         "utilization": utilization,
         "queue_current": None if snapshot is None else snapshot.queue_current,
         "consecutive_metric_failures": failures,
+        "stats_source": health.stats_source,
         "start_backoff": {
             "failures": backoff.failures,
             "retry_in_seconds": bo.seconds_until_retry(backoff, monotonic_now),

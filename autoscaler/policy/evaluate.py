@@ -15,6 +15,7 @@ from autoscaler.model import (
     History,
     Metric,
     MetricProposal,
+    Recommendations,
     ServiceSnapshot,
     TimedValue,
 )
@@ -23,7 +24,7 @@ from autoscaler.policy.behavior import (
     Rule,
     clamp,
     limit_rate,
-    stabilize_recommendation,
+    stabilize,
 )
 from autoscaler.policy.target import Step, Tolerance, pooled_value, step_scaling, target_tracking
 
@@ -206,27 +207,26 @@ def evaluate(
                 tuple(proposals), current,
             ), History(history.recommendations, history.scale_up_events, history.scale_down_events, 0)
 
-    stabilized = stabilize_recommendation(
+    stabilized, recommendations = stabilize(
         history.recommendations, recommendation, current, now,
         up.stabilization_seconds, down.stabilization_seconds,
     )
-    history = History(
-        history.recommendations + (TimedValue(now, recommendation),),
-        history.scale_up_events,
-        history.scale_down_events,
-        failures,
-    )
-    limited = limit_rate(
-        stabilized, current, bounds.min_replicas, bounds.max_replicas, up, down,
-        history.scale_up_events, history.scale_down_events, now,
-    )
-    desired = limited.replicas
-    if fallback and (limited.reason or stabilized != recommendation):
+    history = History(recommendations, history.scale_up_events, history.scale_down_events, failures)
+    if stabilized == current:
+        # The count is within the bounds (checked above): keeping it, no rule or bound applies.
+        # The usual cycle, so it skips limit_rate.
+        desired, limit_reason, limit_message = current, "", ""
+    else:
+        desired, limit_reason, limit_message = limit_rate(
+            stabilized, current, bounds.min_replicas, bounds.max_replicas, up, down,
+            history.scale_up_events, history.scale_down_events, now,
+        )
+    if fallback and (limit_reason or stabilized != recommendation):
         why = f"{why} to {recommendation} held back"
 
-    if limited.reason:
-        reason = limited.reason
-        note = f"{limited.message}{bounds_note if reason in _BOUNDS_REASONS else ''}"
+    if limit_reason:
+        reason = limit_reason
+        note = f"{limit_message}{bounds_note if reason in _BOUNDS_REASONS else ''}"
         message = f"{why} -> {current} -> {desired} (wanted {stabilized}, {note})"
     elif stabilized != recommendation:
         held_up = stabilized > recommendation
@@ -253,7 +253,7 @@ def seed_history(current_replicas: int, now: float) -> History:
     []timestampedRecommendation{{currentReplicas, time.Now()}}`), so that a restarted controller
     keeps the count for a full down window instead of acting on one cycle's view (6 -> 2).
     """
-    return History(recommendations=(TimedValue(now, current_replicas),))
+    return History(recommendations=Recommendations((TimedValue(now, current_replicas),)))
 
 
 def record_scale(history: History, now: float, current: int, desired: int) -> History:

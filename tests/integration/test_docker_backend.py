@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import re
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from autoscaler.docker.backend import (
     DockerBackend,
     ReplicaSpec,
 )
-from autoscaler.docker.stats import cpu_percent, memory_percent
+from autoscaler.docker.stats import cpu_cores_used, cpu_percent, memory_percent
 
 pytestmark = pytest.mark.docker
 
@@ -62,6 +64,14 @@ def backend(docker_client, probe: ConcurrencyProbe):  # type: ignore[no-untyped-
     backend = DockerBackend(docker_client, observer=probe)
     yield backend
     backend._stats_pool.shutdown(wait=True)  # the client belongs to the session fixture
+
+
+@pytest.fixture
+def api_backend(docker_client, probe: ConcurrencyProbe):  # type: ignore[no-untyped-def]
+    """Stats through the Docker API only, as on a host whose cgroup files we cannot read."""
+    backend = DockerBackend(docker_client, observer=probe, cgroups=False)
+    yield backend
+    backend._stats_pool.shutdown(wait=True)
 
 
 def test_create_list_adopt_remove(backend: DockerBackend, docker_client, service_name: str) -> None:  # type: ignore[no-untyped-def]
@@ -116,9 +126,10 @@ def test_exited_replica_is_listed_as_not_running(backend: DockerBackend, docker_
     assert listed.id == replica.id and not listed.running
 
 
-def test_stats_are_read_concurrently_and_give_cpu_and_memory(
-    backend: DockerBackend, probe: ConcurrencyProbe, docker_client, service_name: str  # type: ignore[no-untyped-def]
+def test_api_stats_are_read_all_at_once_and_give_cpu_and_memory(
+    api_backend: DockerBackend, probe: ConcurrencyProbe, docker_client, service_name: str  # type: ignore[no-untyped-def]
 ) -> None:
+    backend = api_backend
     network = f"autoscaler-{service_name}"
     backend.ensure_network(service_name, network)
     replicas = [backend.start_replica(spec(service_name, network)) for _ in range(4)]
@@ -145,6 +156,7 @@ def test_stats_are_read_concurrently_and_give_cpu_and_memory(
     assert all(first[i] is not None and second[i] is not None for i in ids)
     # Each one-shot call waits for the engine's stats tick; all four wait side by side.
     assert probe.peak["container_stats"] == 4
+    assert backend.stats_source(service_name) == "docker_api"
     busy_cpu = cpu_percent(first[busy.id], second[busy.id], 0.25)
     idle_cpu = cpu_percent(first[ids[1]], second[ids[1]], 0.25)
     assert busy_cpu is not None and busy_cpu > 30
@@ -157,3 +169,59 @@ def test_missing_image_is_reported(backend: DockerBackend) -> None:
     assert backend.missing_images([APP_IMAGE, "autoscaler-no-such-image:latest"]) == [
         "autoscaler-no-such-image:latest"
     ]
+
+
+def _docker_stats(ids: list[str]) -> dict[str, tuple[float, float]]:
+    """id -> (cores, memory bytes) as `docker stats --no-stream` shows them."""
+    units = {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}
+    out = subprocess.run(
+        ["docker", "stats", "--no-stream", "--format", "{{.ID}} {{.CPUPerc}} {{.MemUsage}}", *ids],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    result = {}
+    for line in out.splitlines():
+        short_id, cpu, usage, *_ = line.split()
+        number, unit = re.fullmatch(r"([0-9.]+)([A-Za-z]+)", usage).groups()  # type: ignore[union-attr]
+        result[short_id] = (float(cpu.rstrip("%")) / 100, float(number) * units[unit])
+    return result
+
+
+def test_cgroup_readings_equal_what_docker_stats_shows(
+    backend: DockerBackend, probe: ConcurrencyProbe, docker_client, service_name: str  # type: ignore[no-untyped-def]
+) -> None:
+    network = f"autoscaler-{service_name}"
+    backend.ensure_network(service_name, network)
+    replicas = [backend.start_replica(spec(service_name, network)) for _ in range(2)]
+    busy, idle = replicas
+    stop = threading.Event()
+
+    def burn() -> None:
+        while not stop.is_set():
+            docker_client.api.exec_start(docker_client.api.exec_create(
+                busy.id, ["python3", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:8000/work?cpu_ms=400').read()"]))
+
+    thread = threading.Thread(target=burn, daemon=True)
+    thread.start()
+    try:
+        time.sleep(2)  # the load settles at the replica's CPU limit
+        ids = [r.id for r in replicas]
+        first = backend.read_stats(service_name, ids)
+        shown = _docker_stats(ids)
+        second = backend.read_stats(service_name, ids)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert backend.stats_source(service_name) == "cgroup"
+    assert "container_stats" not in probe.peak, "no Docker API stats call"
+    for replica in replicas:
+        before, after = first[replica.id], second[replica.id]
+        assert before is not None and after is not None
+        cores = cpu_cores_used(before, after)
+        docker_cores, docker_memory = shown[replica.id[:12]]
+        assert cores is not None
+        # Within 5 points of the replica's limit (0.25 cores): the two windows differ a little.
+        assert abs(cores - docker_cores) / 0.25 * 100 <= 5, (replica.name, cores, docker_cores)
+        assert after.memory_used_bytes is not None
+        assert abs(after.memory_used_bytes - docker_memory) <= max(0.03 * docker_memory, 512 * 1024), (
+            replica.name, after.memory_used_bytes, docker_memory)
+    assert cpu_cores_used(first[busy.id], second[busy.id]) > 0.2  # type: ignore[arg-type, operator]

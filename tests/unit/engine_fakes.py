@@ -311,6 +311,9 @@ class FakeBackend:
     def exit_report(self, service: str, container_id: str) -> ExitReport:
         return self.exits.get(container_id, ExitReport(None, False, "", ()))
 
+    def stats_source(self, service: str) -> str | None:
+        return "cgroup"
+
     def read_stats(self, service: str, container_ids: list[str]) -> dict[str, StatsReading | None]:
         result: dict[str, StatsReading | None] = {}
         for cid in container_ids:
