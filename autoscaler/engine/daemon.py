@@ -26,6 +26,7 @@ from autoscaler.docker.backend import BackendError, DockerBackend, LoadBalancer
 from autoscaler.docker.lease import Lease
 from autoscaler.engine import backoff as bo
 from autoscaler.engine.controller import PROGRESS_SECONDS, LoadBalancerAPI, ServiceController
+from autoscaler.engine.operations import Operations
 from autoscaler.engine.reload import changes as reload_changes
 from autoscaler.engine.reload import describe, restart_reason
 from autoscaler.lb.haproxy import HAProxyError, HAProxyRuntime
@@ -41,6 +42,31 @@ class StartupError(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code  # 2 when the config names something that does not exist
+
+
+class ProgressLoop:
+    """Runs one service's progress step every PROGRESS_SECONDS, or at once when woken (a start
+    finished). Its own thread rather than a scheduler job: a step that takes longer (200
+    replicas registered at once) simply delays the next one instead of being "skipped"."""
+
+    def __init__(self, name: str, step: Callable[[str], None], stop: threading.Event) -> None:
+        self._name = name
+        self._step = step
+        self._stop = stop
+        self._woken = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"progress-{name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._woken.wait(PROGRESS_SECONDS)
+            self._woken.clear()
+            self._step(self._name)
 
 
 class Daemon:
@@ -68,6 +94,7 @@ class Daemon:
         self.metrics_server: MetricsServer | None = None
         self.should_exit = threading.Event()
         self.reload_requested = threading.Event()
+        self.progress_loops: dict[str, ProgressLoop] = {}
 
     # --- startup --------------------------------------------------------------------------
 
@@ -102,12 +129,15 @@ class Daemon:
             raise
         self.metrics_server.start()
         self.scheduler = BackgroundScheduler(
-            executors={"default": SchedulerPool(max(4, 2 * len(self.controllers)))},
+            executors={"default": SchedulerPool(max(4, len(self.controllers)))},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         for name in self.controllers:
             self._schedule(name)
+            self.progress_loops[name] = ProgressLoop(name, self._progress, self.should_exit)
         self.scheduler.start()
+        for loop in self.progress_loops.values():
+            loop.start()
         log.info(
             "autoscaler %s running: %d service(s), every %gs, metrics on http://%s:%d/metrics%s",
             __version__, len(self.controllers), self.settings.daemon.interval_seconds, host,
@@ -174,7 +204,14 @@ class Daemon:
             self.telemetry,
             dry_run=self.dry_run,
             lease=lease,
+            # A finished start is registered right away, not at the next progress step.
+            operations=Operations(name, notify=lambda: self._wake_progress(name)),
         )
+
+    def _wake_progress(self, name: str) -> None:
+        loop = self.progress_loops.get(name)
+        if loop is not None:
+            loop.wake()
 
     def _schedule(self, name: str) -> None:
         assert self.scheduler is not None
@@ -182,10 +219,6 @@ class Daemon:
             self._cycle, "interval", args=[name], id=name, name=f"evaluate {name}",
             seconds=self.settings.daemon.interval_seconds, next_run_time=_now(),
             replace_existing=True,
-        )
-        self.scheduler.add_job(
-            self._progress, "interval", args=[name], id=f"{name}:progress", name=f"progress {name}",
-            seconds=PROGRESS_SECONDS, replace_existing=True,
         )
 
     def _cycle(self, name: str) -> None:
