@@ -356,6 +356,9 @@ class DaemonConfig(_Model):
     # Directory of each load balancer's private admin socket. None: /run/autoscaler when
     # writable, else $XDG_RUNTIME_DIR/autoscaler or /tmp/autoscaler-<uid>.
     admin_socket_dir: Annotated[str, AfterValidator(_check_socket_dir)] | None = None
+    # Swarm services: the port on each node where `autoscaler agent` (a global service) serves
+    # the CPU and memory of that node's tasks (published with mode=host).
+    swarm_agent_port: int = Field(9101, ge=1, le=65535)
 
     @property
     def metrics_host_port(self) -> tuple[str, int]:
@@ -364,8 +367,13 @@ class DaemonConfig(_Model):
 
 class LoadBalancerConfig(_Model):
     image: ImageReference = "autoscaler-haproxy:latest"
+    # On a Swarm the port is published with mode=host on the load balancer's node (the host
+    # part then only says where clients connect; the node listens on every address).
     publish: HostPort
     algorithm: Literal["roundrobin", "leastconn", "random", "first"] = "roundrobin"
+    # Swarm only: the node (id or hostname) that runs the load balancer; None = the manager the
+    # daemon talks to (the daemon reaches the load balancer's admin socket on its own node).
+    node: str | None = Field(None, min_length=1, max_length=128)
 
     @property
     def publish_host_port(self) -> tuple[str, int]:
@@ -688,7 +696,39 @@ _DOCKER_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", re.ASCII)
 _PREDEFINED_NETWORKS = frozenset({"bridge", "host", "none", "default"})
 
 
+class PrometheusSourceConfig(_Model):
+    """metrics_source = "prometheus": PromQL against a Prometheus that scrapes cAdvisor (or the
+    agent). Each query returns one series per task, labelled with the task's id; `{service}` is
+    replaced by the Swarm service's name."""
+
+    url: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^https?://\S+$")]
+    # A counter: each task's cumulative CPU seconds (the daemon takes the rate between cycles).
+    cpu_query: str = Field(
+        'container_cpu_usage_seconds_total{{container_label_com_docker_swarm_service_name="{service}"}}',
+        min_length=1, max_length=4096,
+    )
+    # A gauge: each task's memory in use, without inactive page cache.
+    memory_query: str = Field(
+        'container_memory_working_set_bytes{{container_label_com_docker_swarm_service_name="{service}"}}',
+        min_length=1, max_length=4096,
+    )
+    # The label that carries the task id in both queries' results.
+    task_label: str = Field("container_label_com_docker_swarm_task_id", min_length=1, max_length=256)
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+
 class ServiceConfig(_Model):
+    # Where the replicas run: "containers" on one engine (the daemon starts and removes them),
+    # or "swarm": a replicated Swarm service whose replica count the daemon sets.
+    backend: Literal["containers", "swarm"] = "containers"
+    # Swarm only: adopt this existing service (it must carry the label autoscaler.service=<name>)
+    # instead of creating "autoscaler-<name>".
+    swarm_service: Annotated[str, Field(min_length=1, max_length=63)] | None = None
+    # Where CPU and memory come from: "docker" (cgroup files, else the Docker API: one engine),
+    # "agent" (autoscaler agent on every Swarm node), "prometheus" (PromQL). None: docker for
+    # containers, agent for swarm.
+    metrics_source: Literal["docker", "agent", "prometheus"] | None = None
+    prometheus: PrometheusSourceConfig | None = None
     image: ImageReference
     # The port the application listens on inside each replica; HAProxy connects to it.
     port: int = Field(ge=1, le=65535)
@@ -786,9 +826,29 @@ class ServiceConfig(_Model):
             raise ValueError(f"{_shown(value)} must start with '/' and contain no spaces or control characters")
         return value
 
+    @property
+    def effective_metrics_source(self) -> str:
+        if self.metrics_source is not None:
+            return self.metrics_source
+        return "agent" if self.backend == "swarm" else "docker"
+
     @model_validator(mode="after")
     def _check_bounds(self) -> "ServiceConfig":
         problems: list[tuple[Loc, str]] = []
+        if self.backend != "swarm":
+            if self.swarm_service is not None:
+                problems.append((("swarm_service",), 'only used with backend = "swarm"'))
+            if self.metrics_source in ("agent", "prometheus"):
+                problems.append((("metrics_source",), f'"{self.metrics_source}" reads Swarm tasks: use it with backend = "swarm"'))
+            if self.load_balancer.node is not None:
+                problems.append((("load_balancer", "node"), 'only used with backend = "swarm"'))
+        elif self.metrics_source == "docker":
+            problems.append((("metrics_source",), 'a manager cannot read the stats of tasks on other nodes: '
+                             'use "agent" or "prometheus" with backend = "swarm"'))
+        if self.effective_metrics_source == "prometheus" and self.prometheus is None:
+            problems.append((("prometheus",), 'metrics_source = "prometheus" needs [services.NAME.prometheus] with its url'))
+        if self.prometheus is not None and self.effective_metrics_source != "prometheus":
+            problems.append((("prometheus",), 'only used with metrics_source = "prometheus"'))
         if self.max_replicas < self.min_replicas:
             problems.append((("max_replicas",), f"must be >= min_replicas ({self.min_replicas})"))
         if self.backoff_max_seconds < self.backoff_initial_seconds:

@@ -153,7 +153,8 @@ def replicas_created(docker_client, service: str, since: float, until: float | N
         since=int(since), until=int(until or time.time()) + 1, decode=True,
         filters={"type": "container", "event": "create", "label": [f"autoscaler.service={service}", "autoscaler.role=replica"]},
     )
-    return [e["Actor"]["Attributes"].get("name", "") for e in events]
+    # The API's `since` is whole seconds: the event's own nanoseconds decide.
+    return [e["Actor"]["Attributes"].get("name", "") for e in events if e.get("timeNano", 0) >= since * 1e9]
 
 
 def running_replicas(docker_client, service: str) -> list[Any]:  # type: ignore[no-untyped-def]
