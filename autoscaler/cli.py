@@ -13,11 +13,14 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 
 from autoscaler import __version__
-from autoscaler.config import ConfigError, ServiceConfig, Settings, load_config
+from autoscaler.config import ConfigError, ServiceConfig, Settings, load_config, parse_host_port
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+# The agent's port: next to node_exporter's 9100, as cAdvisor-style exporters usually are.
+DEFAULT_AGENT_LISTEN = "0.0.0.0:9101"
 
 
 def _add_config(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show the running daemon's services, replicas and last decisions")
     status.add_argument("--url", default="http://127.0.0.1:9464", help="the daemon's metrics_listen address")
     status.add_argument("--json", action="store_true", help="print the raw /status document")
+
+    agent = sub.add_parser("agent", help="serve this Swarm node's task CPU and memory to the daemon "
+                                         "(run it as a global Swarm service)")
+    agent.add_argument("--listen", default=DEFAULT_AGENT_LISTEN, metavar="HOST:PORT",
+                       help=f"address of /metrics (default {DEFAULT_AGENT_LISTEN})")
     return parser
 
 
@@ -224,12 +232,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_agent(args: argparse.Namespace) -> int:
+    try:
+        host, port = parse_host_port(args.listen)
+    except ValueError as exc:
+        return _error(f"--listen: {exc}")
+    # Imported here so that the other commands do not pay for the Docker SDK.
+    from autoscaler.logs import setup_logging
+    from autoscaler.swarm.agent import run_agent
+
+    setup_logging("text", "info")
+    return run_agent(host, port)
+
+
 COMMANDS = {
     "run": cmd_run,
     "validate": cmd_validate,
     "decide": cmd_decide,
     "simulate": cmd_simulate,
     "status": cmd_status,
+    "agent": cmd_agent,
 }
 
 

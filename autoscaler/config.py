@@ -359,6 +359,8 @@ class DaemonConfig(_Model):
     # Swarm services: the port on each node where `autoscaler agent` (a global service) serves
     # the CPU and memory of that node's tasks (published with mode=host).
     swarm_agent_port: int = Field(9101, ge=1, le=65535)
+    # The image the agent runs from (the project's own image; it must be on every node).
+    swarm_agent_image: ImageReference = "autoscaler:latest"
 
     @property
     def metrics_host_port(self) -> tuple[str, int]:
@@ -715,6 +717,19 @@ class PrometheusSourceConfig(_Model):
     # The label that carries the task id in both queries' results.
     task_label: str = Field("container_label_com_docker_swarm_task_id", min_length=1, max_length=256)
     timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+    @field_validator("cpu_query", "memory_query")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        # PromQL's own braces are doubled ({{ }}); {service} is the only placeholder.
+        try:
+            value.format(service="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"not a query template ({exc}): write PromQL's braces doubled, e.g. "
+                "'metric{{container_label_com_docker_swarm_service_name=\"{service}\"}}'"
+            ) from None
+        return value
 
 
 class ServiceConfig(_Model):

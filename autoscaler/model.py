@@ -2,8 +2,11 @@
 
 Nothing here does I/O: a snapshot is what the loop observed, a decision is what the policy
 concluded, history is what the policy remembers. The types built every cycle (and every step of
-`simulate`) are NamedTuples: immutable like frozen dataclasses, several times cheaper to create. All times are seconds on one clock that the
-caller chooses (monotonic in the daemon, trace time in the simulator).
+`simulate`) are NamedTuples: immutable like frozen dataclasses, several times cheaper to create.
+History's recommendations are a Recommendations: as immutable, but appended to and asked for a
+window's lowest and highest value in O(1) amortized, so a cycle costs the same whatever the
+stabilization window. All times are seconds on one clock that the caller chooses (monotonic in
+the daemon, trace time in the simulator).
 """
 
 from __future__ import annotations
@@ -123,6 +126,8 @@ class TimedValue(NamedTuple):
 
 _at_seconds = attrgetter("at_seconds")
 _value = attrgetter("value")
+# Makes a Recommendations view of a list that exists already, without __init__'s copy.
+_new_object = object.__new__
 
 
 class _Log:
@@ -196,25 +201,29 @@ class _Log:
         the lock, and the log is ordered and not empty."""
         newest = self.entries[-1].at_seconds
         lowest = highest = None
-        # The newest entry ends both stacks: a window it is not in is empty (the up window of 0 s).
+        # The newest entry ends both stacks, so a window without it is empty (the up window of
+        # 0 s). Else the window starts at the first stack entry newer than the cutoff: found
+        # from where the last cutoff fell, forward while cutoffs move forward (amortized O(1)),
+        # by bisection when one moved back (a changed window, a clock set back).
         if newest > low_cutoff_seconds:
-            self.low_head = head = _first_newer(self.lows, self.low_head, low_cutoff_seconds)
-            lowest = self.lows[head].value
+            lows, head = self.lows, self.low_head
+            if head and lows[head - 1].at_seconds > low_cutoff_seconds:
+                head = bisect_right(lows, low_cutoff_seconds, key=_at_seconds)
+            else:
+                while lows[head].at_seconds <= low_cutoff_seconds:
+                    head += 1
+            self.low_head = head
+            lowest = lows[head].value
         if newest > high_cutoff_seconds:
-            self.high_head = head = _first_newer(self.highs, self.high_head, high_cutoff_seconds)
-            highest = self.highs[head].value
+            highs, head = self.highs, self.high_head
+            if head and highs[head - 1].at_seconds > high_cutoff_seconds:
+                head = bisect_right(highs, high_cutoff_seconds, key=_at_seconds)
+            else:
+                while highs[head].at_seconds <= high_cutoff_seconds:
+                    head += 1
+            self.high_head = head
+            highest = highs[head].value
         return lowest, highest
-
-
-def _first_newer(stack: list[TimedValue], head: int, cutoff_seconds: float) -> int:
-    """The index of the first entry of `stack` newer than cutoff_seconds, from `head`, the answer
-    for an earlier cutoff: forward while cutoffs move forward (amortized O(1)), by bisection
-    when one moved back (a changed window, a clock set back). The last entry must be newer."""
-    if head and stack[head - 1].at_seconds > cutoff_seconds:
-        return bisect_right(stack, cutoff_seconds, key=_at_seconds)
-    while stack[head].at_seconds <= cutoff_seconds:
-        head += 1
-    return head
 
 
 def rescan_extremes(
@@ -235,10 +244,10 @@ def rescan_extremes(
     newest = entries[size - 1].at_seconds
     if newest > low_cutoff_seconds:
         start = bisect_right(entries, low_cutoff_seconds, 0, size, key=_at_seconds)
-        lowest = min(map(_value, islice(entries, start, size)))
+        lowest = min(map(_value, entries[start:size]))
     if newest > high_cutoff_seconds:
         start = bisect_right(entries, high_cutoff_seconds, 0, size, key=_at_seconds)
-        highest = max(map(_value, islice(entries, start, size)))
+        highest = max(map(_value, entries[start:size]))
     return lowest, highest
 
 
@@ -299,6 +308,10 @@ class Recommendations(Sequence[TimedValue]):
 
     def __repr__(self) -> str:
         return f"Recommendations({tuple(self)!r})"
+
+    def __reduce__(self) -> tuple[type[Recommendations], tuple[tuple[TimedValue, ...]]]:
+        # Copied and pickled as its entries: the shared list and its lock stay behind.
+        return Recommendations, (tuple(self),)
 
     def window_extremes(self, low_cutoff_seconds: float, high_cutoff_seconds: float) -> tuple[int | None, int | None]:
         """(the lowest value of the entries newer than low_cutoff_seconds, the highest of those
@@ -370,10 +383,6 @@ class Recommendations(Sequence[TimedValue]):
         view._size = len(log.entries)
         view.oldest_seconds = log.entries[0].at_seconds if log.entries else math.inf
         return view
-
-
-# A view of a list that exists already, made without __init__'s copy.
-_new_object = object.__new__
 
 
 def window_extremes(

@@ -31,8 +31,8 @@ OPTIONAL_COLUMNS = ("memory_bytes", "requests_per_second")
 # A Monday, so that weekday schedules line up with a trace that starts at time 0.
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=timezone.utc)
 
-# A year at a 3-second interval. Each step costs about 10 us and 150 bytes of timeline, so the
-# longest replay takes minutes and a few GB, not hours and all the memory there is.
+# A year at a 3-second interval. Each step costs 7 to 14 us (one or two targets) and 150 bytes of
+# timeline, so the longest replay takes minutes and a few GB, not hours and all the memory there is.
 MAX_SIMULATED_STEPS = 10_000_000
 # The reader holds the file in memory several times over (text, lines, numbers); a year of
 # one-second samples of two columns is about 0.5 GiB.

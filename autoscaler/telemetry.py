@@ -132,6 +132,9 @@ class Telemetry:
             "autoscaler_stats_source", "Where CPU and memory readings come from: 1 for the source in use.",
             ["service", "source"], registry=r,
         )
+        self.agent_up = Gauge(
+            "autoscaler_agent_up", "1 when the Swarm node's agent answered the last scrape.", ["node"], registry=r
+        )
         self.lease_held = Gauge(
             "autoscaler_lease_held", "1 when this daemon holds the service's lease (0: standing by).", s, registry=r
         )
@@ -238,6 +241,9 @@ class Telemetry:
             self.replica_memory_percent.labels(service, m.name).set(_or_nan(m.memory_percent))
             self.replica_memory_bytes.labels(service, m.name).set(_or_nan(m.memory_bytes))
             self.replica_ready.labels(service, m.name).set(1 if m.ready else 0)
+
+    def record_agent(self, node: str, up: bool) -> None:
+        self.agent_up.labels(node).set(1 if up else 0)
 
     def record_stats_source(self, service: str, source: str) -> None:
         for name in STATS_SOURCES:

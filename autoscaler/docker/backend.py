@@ -82,10 +82,13 @@ class LoadBalancerSpec:
     publish_port: int
     health_path: str
     algorithm: str = "roundrobin"
+    node: str | None = None  # Swarm: the node that runs it (None: the daemon's)
 
     def fingerprint(self) -> str:
         """What a load balancer was created from; an adopted one that differs is re-created."""
         fields = [self.image, self.network, self.publish_host, self.publish_port, self.health_path, self.algorithm]
+        if self.node is not None:
+            fields.append(self.node)
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
 
@@ -98,6 +101,9 @@ class Replica:
     ip: str | None  # on the service's network
     created_at_seconds: float  # epoch
     port: int | None = None  # from the replica's own label; None for replicas that predate it
+    leaving: bool = False  # an orchestrator (Swarm) marked it for removal; it still runs
+    node: str | None = None  # Swarm: the node it runs on
+    orchestrated: bool = False  # started and removed by an orchestrator, not by us
 
     @property
     def running(self) -> bool:
@@ -173,6 +179,10 @@ def default_admin_socket_dir() -> str:
 
 
 class DockerBackend:
+    """Replicas are containers on one engine: the controller starts and removes them."""
+
+    orchestrated = False
+
     def __init__(
         self,
         client: docker.DockerClient,
@@ -238,6 +248,20 @@ class DockerBackend:
                 raise BackendError(operation, service, str(exc.explanation or exc)) from exc
             except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
                 raise BackendError(operation, service, str(exc), unreachable=_unreachable(exc)) from exc
+
+    # --- the workload: nothing to prepare, the controller starts each container -------------
+
+    def prepare(self, spec: ReplicaSpec, initial_replicas: int, drain_timeout_seconds: float, adopt: bool) -> bool:
+        return False
+
+    def remove_service(self, service: str) -> None:
+        pass
+
+    def desired_count(self, service: str) -> int | None:
+        return None  # what runs is the count
+
+    def scale(self, service: str, replicas: int) -> None:
+        raise NotImplementedError("the controller starts and removes containers itself")
 
     # --- checks -------------------------------------------------------------------------
 

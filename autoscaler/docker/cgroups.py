@@ -116,6 +116,9 @@ def files_for(mounts: list[CgroupMount], paths: dict[str, str]) -> CgroupFiles |
 def find_by_id(mounts: list[CgroupMount], container_id: str) -> CgroupFiles | None:
     """Searches the mounted hierarchies for the directory named after the container."""
     found: dict[str, str] = {}
+    # Only the mounts it was found under: an agent in a container sees its own namespaced
+    # hierarchy first and the node's, mounted elsewhere, after it.
+    found_in: list[CgroupMount] = []
     for mount in mounts:
         key = "" if mount.version == 2 else ("memory" if "memory" in mount.controllers else "cpuacct")
         if key in found or (mount.version == 1 and not mount.controllers & {"memory", "cpuacct"}):
@@ -125,7 +128,8 @@ def find_by_id(mounts: list[CgroupMount], container_id: str) -> CgroupFiles | No
             relative = mount.root.rstrip("/") + "/" + str(directory.relative_to(mount.mount_point))
             for controller in (mount.controllers & {"memory", "cpuacct"}) if mount.version == 1 else {""}:
                 found[controller] = relative
-    return files_for(mounts, found) if found else None
+            found_in.append(mount)
+    return files_for(found_in, found) if found else None
 
 
 def _search(directory: Path, container_id: str, depth: int) -> Path | None:

@@ -64,11 +64,23 @@ log = logging.getLogger("autoscaler.engine")
 # How often the progress step looks at starting and draining replicas (one `show stat`, ~1 ms,
 # and only while some are); a finished start also wakes it at once.
 PROGRESS_SECONDS = 0.1
+SOURCE_NAMES = {
+    "cgroup": "the cgroup files", "docker_api": "the Docker API", "mixed": "the cgroup files or the Docker API",
+    "agent": "the agents", "prometheus": "Prometheus",
+}
 LB_POLL_SECONDS = 0.2  # while set-up waits for a new load balancer's API
 LB_STARTUP_GRACE_SECONDS = 15.0  # a running load balancer whose API is silent longer is broken
 
 
 class ReplicaBackend(Protocol):
+    # False: the controller starts and removes each replica (containers on one engine).
+    # True: an orchestrator does (Swarm): the controller sets the count and keeps membership.
+    orchestrated: bool
+
+    def prepare(self, spec: ReplicaSpec, initial_replicas: int, drain_timeout_seconds: float, adopt: bool) -> bool: ...
+    def remove_service(self, service: str) -> None: ...
+    def desired_count(self, service: str) -> int | None: ...
+    def scale(self, service: str, replicas: int) -> None: ...
     def ensure_network(self, service: str, name: str) -> bool: ...
     def remove_network(self, service: str, name: str) -> None: ...
     def ensure_load_balancer(self, spec: LoadBalancerSpec) -> tuple[LoadBalancer, bool]: ...
@@ -161,6 +173,11 @@ class ServiceController:
         # from the moment they are asked for, so that no pass starts the same replica twice.
         self._expected_starts: set[str] = set()
         self._deleting: dict[str, float] = {}  # server name -> first try, while connections remain
+        self._started_at = clock()
+        # Orchestrated backends: the count the orchestrator holds (read each pass), and until
+        # when the progress step watches for tasks it marks for removal after a scale-in.
+        self._orchestrated_count: int | None = None
+        self._watch_leaving_until = 0.0
         self._backoff = bo.Backoff()
         self._previous_stats: dict[str, StatsReading] = {}
         self._previous_requests: dict[str, tuple[float, int]] = {}
@@ -216,6 +233,7 @@ class ServiceController:
             publish_port=port,
             health_path=c.health_path,
             algorithm=c.load_balancer.algorithm,
+            node=c.load_balancer.node,
         )
 
     def update_config(self, config: ServiceConfig) -> None:
@@ -262,7 +280,11 @@ class ServiceController:
         else:
             if self._backend.ensure_network(self.name, self.network):
                 created.append("network")
+            config = self.config
             try:
+                if self._backend.prepare(self.replica_spec(config), config.min_replicas,
+                                         config.policy.drain_timeout_seconds, adopt=config.swarm_service is not None):
+                    created.append("service")
                 lb, fresh = self._backend.ensure_load_balancer(self.lb_spec())
             except BackendError:
                 self.remove_created(created)
@@ -285,6 +307,8 @@ class ServiceController:
         try:
             if "load-balancer" in created and self.load_balancer is not None:
                 self._backend.remove_load_balancer(self.name, self.load_balancer.id)
+            if "service" in created:
+                self._backend.remove_service(self.name)
             if "network" in created:
                 self._backend.remove_network(self.name, self.network)
         except BackendError as exc:
@@ -352,10 +376,17 @@ class ServiceController:
         self._collect(config, now)
         backend_stat, servers = self._load_balancer_state(config, now)
         views = self._reconcile(config, replicas, servers, now)
+        if self._backend.orchestrated:
+            try:
+                self._orchestrated_count = self._backend.desired_count(self.name)
+            except BackendError as exc:
+                self._once("scale", logging.WARNING, "cannot read the service's replica count: %s", exc)
         if self._spec is None:
-            # First sight: keep what runs, and seed the window with it, as the HPA does, so a
-            # restarted daemon does not scale 6 -> 2 on its first look at a quiet service.
-            self._spec = len([v for v in views if v.state != "draining"]) + self._in_flight_starts()
+            # First sight: keep what runs (or what the orchestrator holds), and seed the window
+            # with it, as the HPA does, so a restarted daemon does not scale 6 -> 2 on its first
+            # look at a quiet service.
+            counted = len([v for v in views if v.state != "draining"]) + self._in_flight_starts()
+            self._spec = self._orchestrated_count if self._orchestrated_count is not None else counted
             self._history = seed_history(self._spec, now)
         if not self.dry_run:
             # Like a ReplicaSet: what died is replaced before the policy looks at the load.
@@ -392,14 +423,18 @@ class ServiceController:
             config = self.config
             now = self._clock()
             self._collect(config, now)
-            if self._lb is None or not any(
+            watching = self._backend.orchestrated and now < self._watch_leaving_until
+            if self._lb is None or not (watching or any(
                 in_transition(t) for n, t in self._tracked.items() if n not in self._removing
-            ):
+            )):
                 return
             try:
                 servers = self._lb.servers()
             except HAProxyError:
                 return  # the next pass looks into it
+            if watching:
+                self._drain_leaving(config, servers, now)
+                servers = {n: s for n, s in servers.items()}
             for name, tracked in list(self._tracked.items()):
                 server = servers.get(name)
                 if server is None or name in self._removing:
@@ -543,6 +578,12 @@ class ServiceController:
             if tracked is None:
                 tracked = self._tracked[replica.name] = Tracked(replica.id, now, replica.created_at_seconds)
             server = servers.get(replica.name) if servers is not None else None
+            if replica.orchestrated and (replica.terminated or replica.state == "created"):
+                if replica.terminated:
+                    self._task_ended(config, replica, tracked, server, now, repair)
+                    continue
+                views.append(ReplicaView(replica, "starting", server))  # Swarm is starting it
+                continue
             never_started = replica.state == "created" and now - tracked.first_seen_at > config.startup_timeout_seconds
             if (replica.terminated or never_started) and not self.dry_run:
                 failures_this_pass += self._fail_exited(config, replica, tracked, server, now, failures_this_pass)
@@ -581,6 +622,8 @@ class ServiceController:
                 "ready" if tracked.ready_since is not None and tracked.unhealthy_since is None else "starting")
             return ReplicaView(replica, state, None)
         assert self._lb is not None
+        if replica.leaving and tracked.drain_deadline is None and server is not None and repair:
+            self._start_drain(config, name, tracked, server, now, "marked for removal by the orchestrator")
         if tracked.drain_deadline is not None or (server is not None and server.draining):
             if not repair:
                 return ReplicaView(replica, "draining", server)
@@ -624,10 +667,49 @@ class ServiceController:
         if repair and self._timed_out(config, tracked, now):
             check = server.check_status if server is not None else "no address on the network"
             why = "paused" if replica.state == "paused" else f"check {check or 'not run'}"
+            if replica.orchestrated:
+                # Swarm decides what happens to its tasks; out of rotation it serves nobody.
+                self._once(f"unhealthy-{name}", logging.WARNING,
+                           "replica %s not healthy for %gs (%s): out of rotation, left to the orchestrator",
+                           name, config.startup_timeout_seconds, why)
+                return ReplicaView(replica, "starting", server)
             self._fail(config, name, tracked, server, now, "unhealthy",
                        f"not healthy for {config.startup_timeout_seconds:g}s ({why})", counts=True)
             return None
         return ReplicaView(replica, "starting", server)
+
+    def _start_drain(self, config: ServiceConfig, name: str, tracked: Tracked, server: ServerStat, now: float,
+                     why: str) -> None:
+        assert self._lb is not None
+        if self._lb_call(self._lb.set_drain, name):
+            tracked.drain_deadline = now + config.policy.drain_timeout_seconds
+            log.info("draining replica %s (%s; %d session(s))", name, why, server.sessions_current,
+                     extra=self._extra(replica=name))
+
+    def _task_ended(self, config: ServiceConfig, replica: Replica, tracked: Tracked, server: ServerStat | None,
+                    now: float, repair: bool) -> None:
+        """An orchestrated task that ended: out of the load balancer; a failure is reported
+        once (the orchestrator restarts it with its own policy, so no backoff of ours)."""
+        if server is not None and repair:
+            self._delete_server(config, replica.name, now)
+        if tracked.failed:
+            return
+        tracked.failed = True
+        if replica.state != "dead" or replica.created_at_seconds < self._wall_clock() - (self._clock() - self._started_at) - 1:
+            return  # a task that was stopped (scale-in, update), or history from before us
+        try:
+            report = self._backend.exit_report(self.name, replica.id)
+        except BackendError as exc:
+            report = ExitReport(None, False, f"unreadable: {exc}", ())
+        reason = "oom_killed" if report.oom_killed else "task_failed"
+        (self._telemetry.replica_failures if tracked.ready_since is not None else self._telemetry.start_failures
+         ).labels(self.name, reason).inc()
+        message = f"replica {replica.name} failed ({reason}): {report.describe()}; the orchestrator restarts it"
+        self.health.last_failure = message
+        self.health.last_failure_at = self._wall_clock()
+        level = logging.INFO if self.health.notes.get("failure-reason") == reason else logging.WARNING
+        self.health.notes["failure-reason"] = reason
+        log.log(level, "%s", message, extra=self._extra(replica=replica.name, reason=reason))
 
     def _timed_out(self, config: ServiceConfig, tracked: Tracked, now: float) -> bool:
         """Whether a replica out of rotation has had startup_timeout_seconds to get healthy.
@@ -677,6 +759,11 @@ class ServiceController:
                         config.policy.drain_timeout_seconds, name, left, extra=self._extra(replica=name))
         if server is not None and not self._delete_server(config, name, now, force=left > 0):
             return  # try again at the next step
+        if self._backend.orchestrated:
+            tracked.failed = True  # done with: the orchestrator stops it
+            self._removing[name] = tracked.container_id
+            log.info("removed replica %s from the load balancer (drained)", name, extra=self._extra(replica=name))
+            return
         self._submit_removal(config, name, tracked.container_id, force=False)
         log.info("removed replica %s from the load balancer (drained); stopping it", name,
                  extra=self._extra(replica=name))
@@ -824,9 +911,15 @@ class ServiceController:
         is started (now, corrected if a start fails) and what is drained (when it is)."""
         change = decision.desired - decision.current
         if change > 0:
-            self._counted.extend([now] * change)
+            if not self._backend.orchestrated:
+                self._counted.extend([now] * change)
             self._history = self._history._replace(
                 scale_up_events=self._history.scale_up_events + (TimedValue(now, change),)
+            )
+        elif change < 0 and self._backend.orchestrated:
+            # The orchestrator removes what it picks as soon as it is told: this is the scale-in.
+            self._history = self._history._replace(
+                scale_down_events=self._history.scale_down_events + (TimedValue(now, -change),)
             )
         self._spec = decision.desired
 
@@ -838,6 +931,9 @@ class ServiceController:
     ) -> list[ReplicaView]:
         """Starts replicas up to the count to keep, or drains the surplus. Never waits."""
         assert self._spec is not None
+        if self._backend.orchestrated:
+            self._converge_count(now)
+            return views
         active = [v for v in views if v.state != "draining"]
         in_flight = self._in_flight_starts()
         count = len(active) + in_flight
@@ -878,6 +974,40 @@ class ServiceController:
         if previous.active and not self._backoff.active:
             self._note("healthy for %gs since the last failure: start backoff reset", config.backoff_max_seconds)
         return views
+
+    def _converge_count(self, now: float) -> None:
+        """Orchestrated: the count to keep is the orchestrator's; it picks, starts and stops."""
+        assert self._spec is not None
+        held = self._orchestrated_count
+        if held is None or held == self._spec:
+            self.health.notes.pop("scale", None)
+            return
+        try:
+            self._backend.scale(self.name, self._spec)
+        except BackendError as exc:
+            # Being updated, paused or rolled back by someone else: hold, and say why (once).
+            self._once("scale", logging.WARNING, "not setting the replica count to %d: %s", self._spec, exc)
+            return
+        self.health.notes.pop("scale", None)
+        log.info("replica count of the swarm service set %d -> %d", held, self._spec, extra=self._extra())
+        if self._spec < held:
+            # Swarm now marks the tasks it picked; the progress step drains each one at once,
+            # before Swarm sends its stop signal (2 s after taking it out of DNS).
+            self._watch_leaving_until = now + 15.0
+        self._orchestrated_count = self._spec
+
+    def _drain_leaving(self, config: ServiceConfig, servers: dict[str, ServerStat], now: float) -> None:
+        """Tasks the orchestrator marked for removal since the last look: drain them now."""
+        try:
+            replicas = self._backend.list_replicas(self.name, self.network)
+        except BackendError:
+            return
+        for replica in replicas:
+            server = servers.get(replica.name)
+            tracked = self._tracked.get(replica.name)
+            if replica.leaving and tracked is not None and tracked.drain_deadline is None and server is not None \
+                    and (server.serving or server.maintenance):
+                self._start_drain(config, replica.name, tracked, server, now, "marked for removal by the orchestrator")
 
     def _drop_counted(self, count: int) -> None:
         for _ in range(max(0, min(count, len(self._counted)))):
@@ -935,7 +1065,11 @@ class ServiceController:
     def snapshot(self, observation: Observation, config: ServiceConfig | None = None) -> ServiceSnapshot:
         config = config or self.config
         active = observation.active
-        readings = self._backend.read_stats(self.name, [v.replica.id for v in active]) if active else {}
+        stats_error = None
+        try:
+            readings = self._backend.read_stats(self.name, [v.replica.id for v in active]) if active else {}
+        except BackendError as exc:
+            readings, stats_error = {}, str(exc)
         source = self._backend.stats_source(self.name)
         if source is not None and source != self.health.stats_source:
             if self.health.stats_source is not None or source != "cgroup":
@@ -993,8 +1127,10 @@ class ServiceController:
         metrics_error = None
         # The backend answers None per replica it could not read, so "failed as a whole" means
         # no reading at all, not an empty answer.
-        if active and all(readings.get(v.replica.id) is None for v in active):
-            metrics_error = "no stats from the Docker engine"
+        if stats_error is not None:
+            metrics_error = stats_error
+        elif active and all(readings.get(v.replica.id) is None for v in active):
+            metrics_error = f"no stats from {SOURCE_NAMES.get(self.health.stats_source or '', 'the Docker engine')}"
         elif not active:
             metrics_error = "no replica running"
         backend = observation.backend

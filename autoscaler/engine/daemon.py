@@ -25,12 +25,13 @@ from autoscaler.config import ConfigError, Settings, load_config
 from autoscaler.docker.backend import BackendError, DockerBackend, LoadBalancer
 from autoscaler.docker.lease import Lease
 from autoscaler.engine import backoff as bo
-from autoscaler.engine.controller import PROGRESS_SECONDS, LoadBalancerAPI, ServiceController
+from autoscaler.engine.controller import PROGRESS_SECONDS, LoadBalancerAPI, ReplicaBackend, ServiceController
 from autoscaler.engine.operations import Operations
 from autoscaler.engine.reload import changes as reload_changes
 from autoscaler.engine.reload import describe, restart_reason
 from autoscaler.lb.haproxy import HAProxyError, HAProxyRuntime
 from autoscaler.logs import setup_logging
+from autoscaler.swarm.backend import SwarmBackend
 from autoscaler.telemetry import MetricsServer, Telemetry, json_route
 
 log = logging.getLogger("autoscaler.daemon")
@@ -89,6 +90,7 @@ class Daemon:
             )
         )
         self.backend: DockerBackend | None = None
+        self.swarm: SwarmBackend | None = None  # for services with backend = "swarm"
         self.controllers: dict[str, ServiceController] = {}
         self.scheduler: BackgroundScheduler | None = None
         self.metrics_server: MetricsServer | None = None
@@ -104,6 +106,7 @@ class Daemon:
         except BackendError as exc:
             raise StartupError(str(exc)) from exc
         self._check_engine(self.backend)
+        self._check_swarm(self.backend)
         host, port = self.settings.daemon.metrics_host_port
         self.metrics_server = self._metrics_server(host, port)
         created: list[tuple[ServiceController, list[str]]] = []
@@ -156,6 +159,8 @@ class Daemon:
             raise StartupError(str(exc)) from exc
         problems = []
         for name, service in services.items():
+            if service.backend == "swarm":
+                continue  # its tasks run on other nodes, with their own CPUs and memory
             if cpus and service.cpu_limit > cpus:
                 problems.append(f"services.{name}.cpu_limit: {service.cpu_limit:g} cores, but the Docker engine has {cpus} CPUs")
             if memory_bytes and service.memory_limit > memory_bytes:
@@ -169,6 +174,21 @@ class Daemon:
             )
         if problems:
             raise StartupError("; ".join(problems), exit_code=2)
+
+    def _check_swarm(self, backend: DockerBackend) -> None:
+        """A swarm service needs a swarm manager: refused in one sentence otherwise (exit 2)."""
+        swarm_services = {n: s for n, s in self.settings.services.items() if s.backend == "swarm"}
+        if not swarm_services:
+            return
+        daemon = self.settings.daemon
+        self.swarm = SwarmBackend(backend, observer=self.telemetry, agent_port=daemon.swarm_agent_port,
+                                  agent_image=daemon.swarm_agent_image, on_agent=self.telemetry.record_agent)
+        try:
+            self.swarm.check_manager()
+        except BackendError as exc:
+            raise StartupError(str(exc).removeprefix("docker swarm: "), exit_code=2) from exc
+        for name, service in swarm_services.items():
+            self.swarm.register(name, service.swarm_service, service.effective_metrics_source, service.prometheus)
 
     def _metrics_server(self, host: str, port: int) -> MetricsServer:
         try:
@@ -195,11 +215,12 @@ class Daemon:
         if not self.dry_run:
             # The lease container runs `cat` from the load balancer's image, which must exist anyway.
             lease = Lease(self.backend.client, name, service.load_balancer.image, observer=telemetry)
+        backend: ReplicaBackend = self.swarm if service.backend == "swarm" and self.swarm is not None else self.backend
         return ServiceController(
             name,
             service,
             self.settings.network_for(name),
-            self.backend,
+            backend,
             lb_factory,
             self.telemetry,
             dry_run=self.dry_run,

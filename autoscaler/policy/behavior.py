@@ -2,6 +2,8 @@
 
 Free functions after horizontal.go: stabilize_recommendation, scale_up_limit, scale_down_limit,
 limit_rate, clamp. Each returns the new value and, where it matters, a reason and message.
+stabilize is stabilize_recommendation that also returns the recommendations with the new one
+recorded, which is what evaluate() runs every cycle.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import islice
 from operator import attrgetter
 from typing import Literal, NamedTuple
 
@@ -38,8 +39,8 @@ class Behavior:
 
 
 class Limited(NamedTuple):
-    """limit_rate's answer. A NamedTuple, not a frozen dataclass: one is built every cycle of
-    every simulated step, and it is several times cheaper to create."""
+    """limit_rate's answer; a NamedTuple like the other per-cycle types (cheaper to create
+    than a frozen dataclass)."""
 
     replicas: int
     reason: str
@@ -80,7 +81,9 @@ def stabilize(
     """stabilize_recommendation, and the recommendations with `desired` recorded at `now`: the
     new value and the new history, as the HPA's stabilizeRecommendationWithBehaviors records the
     recommendation it stabilizes. O(1) amortized per cycle (this runs every simulated step)."""
-    lowest, highest, recorded = Recommendations.of(recommendations).recorded(
+    if not isinstance(recommendations, Recommendations):
+        recommendations = Recommendations(recommendations)
+    lowest, highest, recorded = recommendations.recorded(
         TimedValue(now, desired), now - up_window_seconds, now - down_window_seconds
     )
     return _stabilized(lowest, highest, desired, current), recorded
@@ -103,8 +106,7 @@ def _changed_in_period(events: Sequence[TimedValue], now: float, period_seconds:
         return 0
     # Events are oldest first (History keeps them so), so the period is a suffix: bisection
     # finds it without walking every event kept for the longest window.
-    start = bisect_right(events, now - period_seconds, key=_at_seconds)
-    return sum(map(_value, islice(events, start, None)))
+    return sum(map(_value, events[bisect_right(events, now - period_seconds, key=_at_seconds) :]))
 
 
 def scale_up_limit(

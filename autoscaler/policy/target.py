@@ -50,10 +50,10 @@ def _ceil_replicas(value: float) -> int:
         return 2**31 - 1  # an absurd reading asks for "as many as allowed"; the max clamps it
     ceiling = math.ceil(value)
     if value - (ceiling - 1) > 1e-6:
-        # Clear of the whole number below, round() cannot change the answer: rounding to 9
-        # places keeps the value above ceiling - 1, and never takes it past ceiling, a multiple
-        # of 1e-9 itself. round(value, 9) is slow (it goes through decimal digits) and this
-        # runs for most simulated steps.
+        # Well above the whole number below, rounding to 9 places cannot change the ceiling: it
+        # moves the value by at most 5e-10, so not down to ceiling - 1, and not past ceiling,
+        # itself a multiple of 1e-9. This skips round(value, 9), which goes through decimal
+        # digits, on most simulated steps.
         return ceiling
     return math.ceil(round(value, 9))
 

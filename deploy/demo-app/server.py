@@ -17,6 +17,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
 HOSTNAME = socket.gethostname()
+# Set on SIGTERM: finish what is in flight, take nothing new, close idle connections.
+STOPPING = threading.Event()
+CONNECTIONS: set["Handler"] = set()
+CONNECTIONS_LOCK = threading.Lock()
 MAX_CPU_MS = 10_000
 MAX_ALLOC_MB = 4096
 
@@ -39,6 +43,18 @@ class Handler(BaseHTTPRequestHandler):
     # wait for the ACK of the headers (Nagle), which the client delays by up to 40 ms.
     wbufsize = 64 * 1024
     disable_nagle_algorithm = True
+    timeout = 60  # an idle keep-alive connection is closed after a minute
+
+    def setup(self) -> None:
+        super().setup()
+        self.busy = False
+        with CONNECTIONS_LOCK:
+            CONNECTIONS.add(self)
+
+    def finish(self) -> None:
+        with CONNECTIONS_LOCK:
+            CONNECTIONS.discard(self)
+        super().finish()
 
     def _reply(self, status: int, body: dict) -> None:
         payload = json.dumps(body).encode()
@@ -49,6 +65,15 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+        self.busy = True
+        try:
+            self._get()
+        finally:
+            self.busy = False
+            if STOPPING.is_set():
+                self.close_connection = True  # answered; no further request on this one
+
+    def _get(self) -> None:
         url = urlparse(self.path)
         if url.path == "/healthz":
             self._reply(200, {"status": "ok", "hostname": HOSTNAME})
@@ -89,16 +114,28 @@ class Server(ThreadingHTTPServer):
     # The stdlib's default listen backlog is 5: a burst of new connections overflows it and
     # each overflowing client waits a second for its SYN to be retried.
     request_queue_size = 1024
+    # On stop, server_close() waits for the requests in flight instead of cutting them off.
+    daemon_threads = False
+    block_on_close = True
 
 
 def main() -> None:
     port = int(os.environ.get("PORT", "8000"))
     server = Server(("0.0.0.0", port), Handler)
-    server.daemon_threads = True
 
     def stop(signum: int, frame: object) -> None:
-        # Finish in-flight requests: shutdown() stops accepting and returns after the loop ends.
+        # No new connections (the accept loop ends), requests in flight finish (server_close
+        # joins their threads), and idle keep-alive connections are closed now: their threads
+        # wait in readline() and see the end of input.
+        STOPPING.set()
         threading.Thread(target=server.shutdown, daemon=True).start()
+        with CONNECTIONS_LOCK:
+            idle = [handler for handler in CONNECTIONS if not handler.busy]
+        for handler in idle:
+            try:
+                handler.connection.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -231,6 +231,20 @@ class FakeBackend:
 
     # --- ReplicaBackend ---
 
+    orchestrated = False
+
+    def prepare(self, spec: ReplicaSpec, initial_replicas: int, drain_timeout_seconds: float, adopt: bool) -> bool:
+        return False
+
+    def remove_service(self, service: str) -> None:
+        self.calls.add("remove_service", service)
+
+    def desired_count(self, service: str) -> int | None:
+        return None
+
+    def scale(self, service: str, replicas: int) -> None:
+        raise NotImplementedError
+
     def ensure_network(self, service: str, name: str) -> bool:
         self._check_engine("network_list")
         self.calls.add("ensure_network", name)

@@ -153,6 +153,24 @@ def test_a_pid_of_another_process_is_not_trusted(tmp_path: Path) -> None:
     assert files is not None and files.cpu == tmp_path / "cpuacct" / "docker" / CID / "cpuacct.usage", "found by id"
 
 
+@pytest.mark.parametrize("version", [1, 2], ids=["v1", "v2"])
+def test_the_nodes_hierarchy_mounted_after_our_own_is_searched_and_read(tmp_path: Path, version: int) -> None:
+    # The agent in a container: its own namespaced hierarchy (only itself) comes first in
+    # mountinfo, the node's, bind-mounted at /host/sys/fs/cgroup, after it.
+    own, node = tmp_path / "own", tmp_path / "node"
+    if version == 1:
+        write_v1(own, "/", 1, 1, 0, 1 * MiB)
+        write_v1(node, f"/docker/{CID}", 11, 10 * MiB, 0, 20 * MiB)
+        mounts = v1_mounts(own) + v1_mounts(node)
+    else:
+        write_v2(own, 1, 1, 0, "max")
+        write_v2(node / "system.slice" / f"docker-{CID}.scope", 11, 10 * MiB, 0, "max")
+        mounts = [CgroupMount(str(own), "/", 2, frozenset()), CgroupMount(str(node), "/../..", 2, frozenset())]
+    files = find_by_id(mounts, CID)
+    assert files is not None and str(files.cpu).startswith(str(node))
+    assert read(files).cpu_total_ns in (11, 11_000)
+
+
 def test_nothing_to_find_is_none(tmp_path: Path) -> None:
     reader = CgroupReader(v1_mounts(tmp_path))
     assert reader.locate(CID, None) is None and reader.read(CID) is None

@@ -215,6 +215,38 @@ def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]
     assert "usage: autoscaler" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [
+        ("9101", "expected 'host:port'"),
+        ("0.0.0.0:0", "port must be a number between 1 and 65535"),
+        ("0.0.0.0:99999", "port must be a number between 1 and 65535"),
+        (":9101", "the host is empty"),
+        ("::1:9101", "put IPv6 addresses in brackets"),
+    ],
+    ids=["no-host", "port-zero", "port-too-big", "empty-host", "bare-ipv6"],
+)
+def test_agent_refuses_a_bad_listen_address_in_one_line(
+    listen: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["agent", "--listen", listen]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("autoscaler: --listen: ") and message in err
+
+
+def test_agent_without_a_docker_engine_exits_1_with_a_clear_message(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", NO_DOCKER)
+    port = free_port()
+    with preserved_root_logging():
+        assert main(["agent", "--listen", f"127.0.0.1:{port}"]) == EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot start: the Docker engine is not reachable" in err
+    assert "Traceback" not in err
+    assert port_is_free(port)
+
+
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])

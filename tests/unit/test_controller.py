@@ -630,7 +630,7 @@ def test_no_stats_at_all_is_a_metrics_failure(world: World) -> None:
     decision = controller.run_cycle()
 
     assert decision is not None and (decision.desired, decision.reason) == (2, "metrics_unavailable")
-    assert "no stats from the Docker engine" in decision.message
+    assert "no stats from the cgroup files" in decision.message
     assert not world.calls.ops() & CHANGES
 
 

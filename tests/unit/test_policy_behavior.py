@@ -9,17 +9,21 @@ to time.Now(); here everything is relative to NOW.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from autoscaler.model import TimedValue
+from autoscaler.model import Recommendations, TimedValue
 from autoscaler.policy.behavior import (
     Behavior,
     Limited,
     Rule,
+    _changed_in_period,
     clamp,
     limit_rate,
     scale_down_limit,
     scale_up_limit,
+    stabilize,
     stabilize_recommendation,
 )
 
@@ -131,7 +135,47 @@ def test_stabilize_recommendation(
     assert stabilize_recommendation(recommendations, desired, current, NOW, up_window, down_window) == expected
 
 
+@pytest.mark.parametrize("kind", ["tuple", "recommendations"])
+@pytest.mark.parametrize(
+    ("history", "current", "desired", "up_window", "down_window", "expected"),
+    STABILIZE_CASES,
+    ids=STABILIZE_IDS,
+)
+def test_stabilize_returns_the_value_and_the_recommendations_with_desired_recorded(
+    history: list[tuple[float, int]],
+    current: int,
+    desired: int,
+    up_window: float,
+    down_window: float,
+    expected: int,
+    kind: str,
+) -> None:
+    # What evaluate() runs: the same answer as stabilize_recommendation, read from the
+    # Recommendations' stacks, and the recommendations it was given, untouched, plus desired.
+    earlier = tuple(sorted((ago(seconds, value) for seconds, value in history), key=lambda r: r.at_seconds))
+    given = earlier if kind == "tuple" else Recommendations(earlier)
+    stabilized, recorded = stabilize(given, desired, current, NOW, up_window, down_window)
+    assert stabilized == expected
+    assert recorded == earlier + (TimedValue(NOW, desired),)
+    assert given == earlier
+
+
 # --- the limit of each direction -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(6), ids=[f"seed-{seed}" for seed in range(6)])
+def test_changes_in_a_period_are_the_sum_of_the_events_inside_it(seed: int) -> None:
+    # The period is found by bisection; the plain sum over every event kept is the reference.
+    rng = random.Random(seed)
+    at = 0.0
+    events = []
+    for _ in range(rng.randint(0, 60)):
+        at += rng.choice([0.0, 1.0, 5.0, 15.0])
+        events.append(TimedValue(at, rng.randint(-1, 4)))  # -1: a start taken back
+    for now in (at, at + 7.5, at + 15, at + 100):
+        for period in (1.0, 15.0, 60.0):
+            expected = sum(e.value for e in events if e.at_seconds > now - period)
+            assert _changed_in_period(tuple(events), now, period) == expected
 
 # (current, behavior, up events, down events, expected limit, expected rule)
 UP_LIMIT_CASES = [

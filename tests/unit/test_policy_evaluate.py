@@ -748,6 +748,30 @@ def test_history_is_pruned_to_the_longest_window_or_period() -> None:
     assert new_history.scale_down_events == ()
 
 
+@pytest.mark.parametrize(
+    "start",
+    [History(), seed_history(4, 0.0), History(recommendations=(TimedValue(0.0, 4),))],
+    ids=["empty", "seeded", "tuple-given-by-the-caller"],
+)
+def test_evaluate_never_changes_the_history_it_was_given(start: History) -> None:
+    # The returned history shares storage with the given one (appends are O(1)); evaluating
+    # the same history twice must still give two independent histories and leave it as it was.
+    _, base = evaluate(flat(4, cpu=50), cpu_policy(), BOUNDS, start, 1.0)
+    before = tuple(base.recommendations)
+    high_decision, high = evaluate(flat(4, cpu=100), cpu_policy(), BOUNDS, base, 2.0)
+    low_decision, low = evaluate(flat(4, cpu=10), cpu_policy(), BOUNDS, base, 2.0)
+    assert tuple(base.recommendations) == before
+    assert high.recommendations == before + (TimedValue(2.0, high_decision.recommendation),)  # type: ignore[arg-type]
+    assert low.recommendations == before + (TimedValue(2.0, low_decision.recommendation),)  # type: ignore[arg-type]
+    assert (high_decision.recommendation, low_decision.recommendation) == (8, 1)
+    # Each answers its own down window: from 8 replicas asking for 2, the first branch holds
+    # at its 8, the second comes down to its highest, 4.
+    again, _ = evaluate(flat(8, cpu=10), cpu_policy(), BOUNDS, high, 3.0)
+    assert (again.desired, again.reason) == (8, "scale_down_stabilized")
+    again, _ = evaluate(flat(8, cpu=10), cpu_policy(), BOUNDS, low, 3.0)
+    assert (again.desired, again.reason) == (4, "scale_down_stabilized")
+
+
 # --- step scaling through evaluate --------------------------------------------------------------
 
 STEP_POLICY = PolicyConfig(

@@ -18,6 +18,7 @@ otherwise. Three things differ on purpose, each row says which applies:
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 
 import pytest
@@ -26,6 +27,7 @@ from autoscaler.model import Metric, ReplicaSample
 from autoscaler.policy.target import (
     Step,
     Tolerance,
+    _ceil_replicas,
     apply_adjustment,
     pooled_value,
     step_scaling,
@@ -569,3 +571,39 @@ def test_step_scaling_per_metric(
 )
 def test_pooled_value(pods: tuple[P | float | None, ...], expected: float | None) -> None:
     assert pooled_value(Metric.CPU, samples(Metric.CPU, pods)) == expected
+
+
+# _ceil_replicas skips round(value, 9) when the value is clear of the whole number below it;
+# the answer must be math.ceil(round(value, 9)) everywhere.
+CEIL_EDGES = {
+    "float-noise-above-a-whole-number": 124 / 60 * 15,  # 31.000000000000004 -> 31
+    "whole": 31.0,
+    "just-below-whole": 31 - 1e-12,
+    "1e-9-above": 31 + 1e-9,
+    "2e-9-above": 31 + 2e-9,
+    "just-above-the-shortcut": 31 + 1.0000001e-6,
+    "just-below-the-shortcut": 31 + 0.9999999e-6,
+    "zero": 0.0,
+    "tiny": 1e-12,
+    "half": 0.5,
+    "large": 2.0**40 + 0.5,
+    "beyond-exact-integers": 2.0**60,
+}
+
+
+@pytest.mark.parametrize("value", CEIL_EDGES.values(), ids=list(CEIL_EDGES))
+def test_ceil_replicas_is_ceil_of_value_rounded_to_9_places(value: float) -> None:
+    assert _ceil_replicas(value) == math.ceil(round(value, 9))
+
+
+@pytest.mark.parametrize("seed", range(4), ids=[f"seed-{seed}" for seed in range(4)])
+def test_ceil_replicas_matches_the_rounded_ceil_on_random_values(seed: int) -> None:
+    rng = random.Random(seed)
+    for _ in range(20_000):
+        whole = rng.randint(0, 2000)
+        # Near whole numbers (where rounding matters) as often as anywhere.
+        value = whole + rng.choice([rng.random(), rng.uniform(-3e-6, 3e-6), rng.uniform(-2e-9, 2e-9)])
+        if value >= 0:
+            assert _ceil_replicas(value) == math.ceil(round(value, 9)), value
+        ratio = rng.uniform(0, 3) * 100 / rng.choice([50, 60, 70, 80])
+        assert _ceil_replicas(ratio * whole) == math.ceil(round(ratio * whole, 9))

@@ -11,10 +11,12 @@ from __future__ import annotations
 import csv
 import math
 import os
+import random
 import subprocess
 import sys
 import time
 import tracemalloc
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,9 @@ import pytest
 
 from autoscaler.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
 from autoscaler.config import ServiceConfig
+from autoscaler.model import TimedValue
+from autoscaler.policy import evaluate as evaluate_module
+from autoscaler.policy.behavior import stabilize_recommendation
 from autoscaler.simulate import (
     DEFAULT_START,
     MAX_SIMULATED_STEPS,
@@ -203,6 +208,91 @@ def test_demand_is_the_mean_of_the_samples_in_the_step(
 ) -> None:
     result = simulate(Trace(times, cores), "web", service(), interval)
     assert column(result, DEMAND) == expected
+
+
+def test_a_sample_of_minus_zero_is_demand_zero() -> None:
+    # "-0" is a valid sample; the mean of one sample is its fsum, which is +0.0, so the
+    # timeline says "0" whether a step holds one sample or several.
+    for interval in (1.0, 2.0):
+        result = simulate(Trace([0.0, 1.0, 2.0, 3.0], [-0.0, -0.0, 1.0, 1.0]), "web", service(), interval)
+        assert [math.copysign(1.0, d) for d in column(result, DEMAND)] == [1.0] * len(result.rows)
+
+
+def noisy_trace(rows: int, seed: int, memory: bool = False) -> Trace:
+    """A daily-like swing over rows seconds with noise and bursts: enough up and down to go
+    through every window, rule and reason."""
+    rng = random.Random(seed)
+    times, cores, memory_bytes = [], [], []
+    burst = 0
+    for t in range(rows):
+        swing = 0.5 - 0.5 * math.cos(2 * math.pi * t / 1200)
+        if burst == 0 and rng.random() < 0.004:
+            burst = rng.randint(5, 200)
+        burst = max(0, burst - 1)
+        times.append(float(t))
+        cores.append(max(0.0, 0.1 + 2.5 * swing + (2.0 if burst else 0.0) + rng.gauss(0, 0.2)))
+        memory_bytes.append(100e6 + 150e6 * swing + rng.random() * 4e7)
+    return Trace(times, cores, memory_bytes if memory else None)
+
+
+def rescanning_stabilize(
+    recommendations: Sequence[TimedValue],
+    desired: int,
+    current: int,
+    now: float,
+    up_window_seconds: float,
+    down_window_seconds: float,
+) -> tuple[int, tuple[TimedValue, ...]]:
+    """Stabilization as it was before Recommendations: a scan of each window, and a tuple that
+    grows by copying."""
+    entries = tuple(recommendations)
+    stabilized = stabilize_recommendation(entries, desired, current, now, up_window_seconds, down_window_seconds)
+    return stabilized, entries + (TimedValue(now, desired),)
+
+
+IDENTITY_POLICIES: dict[str, dict[str, Any]] = {
+    "hpa-defaults": {},
+    "up-window-and-select-min": {
+        "scale_up": {"stabilization_seconds": 60, "select": "min"},
+        "scale_down": {
+            "stabilization_seconds": 120, "select": "min",
+            "rules": [{"type": "replicas", "value": 1, "period_seconds": 60}, {"type": "percent", "value": 30, "period_seconds": 120}],
+        },
+    },
+    "long-down-window": {"scale_down_stabilization_seconds": 900},
+    "down-disabled": {"scale_down": {"select": "disabled"}},
+    "steps-with-a-queue-never-read": {
+        "strategy": "step",
+        "steps": [
+            {"metric": "cpu", "lower": 80, "adjustment": "+50%"},
+            {"metric": "cpu", "upper": 40, "adjustment": "-1"},
+            {"metric": "queue", "lower": 10, "adjustment": "+2"},
+        ],
+    },
+    "fallback-through-the-windows": {
+        "strategy": "step", "fallback_replicas": 2, "failure_threshold": 1,
+        "steps": [{"metric": "queue", "lower": 10, "adjustment": "+2"}],
+        "scale_down_stabilization_seconds": 60,
+    },
+    "memory-and-initialization": {"target_memory_percent": 60, "initialization_seconds": 30},
+}
+
+
+@pytest.mark.parametrize("interval", [1.0, 5.0], ids=["interval-1", "interval-5"])
+@pytest.mark.parametrize("overrides", IDENTITY_POLICIES.values(), ids=list(IDENTITY_POLICIES))
+def test_timeline_is_the_one_of_the_rescanning_windows(
+    monkeypatch: pytest.MonkeyPatch, overrides: dict[str, Any], interval: float
+) -> None:
+    # Recommendations answer the windows from monotonic stacks; the same replay with every
+    # window scanned, as before them, must give the very same rows and summary.
+    trace = noisy_trace(3000, seed=5, memory="target_memory_percent" in overrides)
+    config = service(max_replicas=12, **overrides)
+    fast = simulate(trace, "web", config, interval, startup_seconds=20)
+    monkeypatch.setattr(evaluate_module, "stabilize", rescanning_stabilize)
+    plain = simulate(trace, "web", config, interval, startup_seconds=20)
+    assert fast.rows == plain.rows
+    assert fast.summary == plain.summary
+    assert fast.summary.scale_events > 0
 
 
 MONDAY_0758 = datetime(2026, 1, 5, 7, 58, tzinfo=UTC)
