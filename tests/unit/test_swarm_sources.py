@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from prometheus_client import CollectorRegistry, generate_latest
 
 from autoscaler.config import PrometheusSourceConfig
@@ -397,5 +398,9 @@ def test_an_unreachable_prometheus_raises_naming_the_query() -> None:
     ids=["single-braces", "unbalanced", "positional"],
 )
 def test_a_query_that_cannot_take_the_service_name_is_refused(cpu_query: str) -> None:
+    # Refused when the config is read, naming the key (the source's own check stays as a guard).
+    with pytest.raises(ValidationError, match="cpu_query[\\s\\S]*braces doubled"):
+        prometheus_config("http://prom", cpu_query=cpu_query)
+    config = prometheus_config("http://prom").model_copy(update={"cpu_query": cpu_query})
     with pytest.raises(SourceError, match="^prometheus cpu_query .*double"):
-        PrometheusSource(prometheus_config("http://prom", cpu_query=cpu_query), "web")
+        PrometheusSource(config, "web")
