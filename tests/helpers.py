@@ -41,8 +41,10 @@ def free_port() -> int:
 class Traffic:
     """Closed-loop clients through the load balancer, recording every outcome."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout_seconds: float = 30) -> None:
         self.port = port
+        self.host = host
+        self.timeout_seconds = timeout_seconds
         self.lock = threading.Lock()
         self.sent = 0
         self.failures: list[str] = []
@@ -52,7 +54,8 @@ class Traffic:
 
     def _one(self, cpu_ms: int) -> None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/work?cpu_ms={cpu_ms}", timeout=30) as r:
+            with urllib.request.urlopen(f"http://{self.host}:{self.port}/work?cpu_ms={cpu_ms}",
+                                        timeout=self.timeout_seconds) as r:
                 body = json.load(r)
                 ok = r.status == 200
         except (urllib.error.URLError, OSError, ValueError) as exc:

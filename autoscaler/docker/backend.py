@@ -61,6 +61,11 @@ class BackendError(Exception):
         super().__init__(f"docker {operation}{where}: {message}")
 
 
+class Unusable(BackendError):
+    """What the config names exists but cannot be used as it is (a global service to scale,
+    a service without our label): the config must change, so the daemon exits 2."""
+
+
 @dataclass(frozen=True)
 class ReplicaSpec:
     service: str

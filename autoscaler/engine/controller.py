@@ -578,6 +578,8 @@ class ServiceController:
             if tracked is None:
                 tracked = self._tracked[replica.name] = Tracked(replica.id, now, replica.created_at_seconds)
             server = servers.get(replica.name) if servers is not None else None
+            if replica.orchestrated and tracked.failed and not replica.terminated:
+                continue  # drained (or failed): the orchestrator is stopping it; it counts no more
             if replica.orchestrated and (replica.terminated or replica.state == "created"):
                 if replica.terminated:
                     self._task_ended(config, replica, tracked, server, now, repair)
@@ -761,7 +763,6 @@ class ServiceController:
             return  # try again at the next step
         if self._backend.orchestrated:
             tracked.failed = True  # done with: the orchestrator stops it
-            self._removing[name] = tracked.container_id
             log.info("removed replica %s from the load balancer (drained)", name, extra=self._extra(replica=name))
             return
         self._submit_removal(config, name, tracked.container_id, force=False)

@@ -22,7 +22,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from autoscaler import __version__
 from autoscaler.config import ConfigError, Settings, load_config
-from autoscaler.docker.backend import BackendError, DockerBackend, LoadBalancer
+from autoscaler.docker.backend import BackendError, DockerBackend, LoadBalancer, Unusable
 from autoscaler.docker.lease import Lease
 from autoscaler.engine import backoff as bo
 from autoscaler.engine.controller import PROGRESS_SECONDS, LoadBalancerAPI, ReplicaBackend, ServiceController
@@ -121,7 +121,7 @@ class Daemon:
                         continue  # standing by: a pass takes the lease and sets up when it is free
                     created.append((controller, controller.setup()))
                 except (BackendError, HAProxyError) as exc:
-                    raise StartupError(f"service {name!r}: {exc}") from exc
+                    raise StartupError(f"service {name!r}: {exc}", exit_code=2 if isinstance(exc, Unusable) else 1) from exc
         except StartupError:
             # Leave nothing half-made: what this start created goes again, leases are released.
             for controller, made in reversed(created):

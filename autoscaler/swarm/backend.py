@@ -38,6 +38,7 @@ from docker.types import (
     RestartPolicy,
     ServiceMode,
     TaskTemplate,
+    UpdateConfig,
 )
 
 from autoscaler.config import PrometheusSourceConfig
@@ -61,6 +62,7 @@ from autoscaler.docker.backend import (
     LoadBalancerSpec,
     Replica,
     ReplicaSpec,
+    Unusable,
     _epoch,
     is_owned,
 )
@@ -176,7 +178,7 @@ class SwarmBackend:
         created = False
         if existing is None:
             if adopt:
-                raise BackendError("swarm", spec.service, f"swarm_service {name!r} does not exist on this swarm")
+                raise Unusable("swarm", spec.service, f"swarm_service {name!r} does not exist on this swarm")
             self._create_service(spec, name, initial_replicas, drain_timeout_seconds)
             created = True
         else:
@@ -194,10 +196,10 @@ class SwarmBackend:
     def _check_adoptable(self, service: str, name: str, info: dict[str, Any]) -> None:
         spec = info.get("Spec") or {}
         if "Replicated" not in (spec.get("Mode") or {}):
-            raise BackendError("swarm", service, f"swarm service {name!r} is global: only a replicated service can be scaled")
+            raise Unusable("swarm", service, f"swarm service {name!r} is global: only a replicated service can be scaled")
         labels = spec.get("Labels") or {}
         if labels.get(LABEL_SERVICE) != service:
-            raise BackendError(
+            raise Unusable(
                 "swarm", service,
                 f"swarm service {name!r} does not carry the label {LABEL_SERVICE}={service}: "
                 "the daemon only scales services that say they are its own",
@@ -223,6 +225,9 @@ class SwarmBackend:
             "service_create", spec.service, self._client.api.create_service, template, name=name,
             labels=labels, mode=ServiceMode("replicated", replicas=replicas),
             endpoint_spec=EndpointSpec(mode="dnsrr"),
+            # A rolling update (a new image, `docker service update`) starts each new task
+            # before stopping the old one, which the daemon drains: no moment without a server.
+            update_config=UpdateConfig(parallelism=1, order="start-first", failure_action="rollback"),
         )
 
     def desired_count(self, service: str) -> int | None:
@@ -242,17 +247,24 @@ class SwarmBackend:
             state = (info.get("UpdateStatus") or {}).get("State")
             if state in BUSY_UPDATE_STATES:
                 raise SwarmBusy("service_update", service, f"swarm service {name!r} is {state.replace('_', ' ')}: holding")
+            # The spec exactly as Swarm has it, with only the count changed: any other difference
+            # (as a client library may introduce re-sending the task template) would start a
+            # rolling update that replaces every task.
+            spec = info["Spec"]
+            spec["Mode"] = {"Replicated": {"Replicas": replicas}}
             try:
-                self._call(
-                    "service_update", service, self._client.api.update_service, info["ID"], info["Version"]["Index"],
-                    mode=ServiceMode("replicated", replicas=replicas), fetch_current_spec=True,
-                )
+                self._call("service_update", service, self._update_spec, info["ID"], info["Version"]["Index"], spec)
                 return
             except BackendError as exc:
                 if "out of sequence" not in str(exc) and "version" not in str(exc).lower():
                     raise
                 time.sleep(0.05)  # someone else updated it in between: read it again
         raise BackendError("service_update", service, f"swarm service {name!r} kept changing under us")
+
+    def _update_spec(self, service_id: str, version: int, spec: dict[str, Any]) -> None:
+        api = self._client.api
+        response = api._post_json(api._url("/services/{0}/update", service_id), data=spec, params={"version": version})
+        api._raise_for_status(response)
 
     # --- agents --------------------------------------------------------------------------
 

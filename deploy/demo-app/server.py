@@ -119,6 +119,20 @@ class Server(ThreadingHTTPServer):
     block_on_close = True
 
 
+def close_idle_connections() -> None:
+    """While stopping, keeps closing the connections that wait for a next request, including
+    any accepted after the signal: their threads see the end of input and end."""
+    while True:
+        with CONNECTIONS_LOCK:
+            idle = [handler for handler in CONNECTIONS if not handler.busy]
+        for handler in idle:
+            try:
+                handler.connection.shutdown(socket.SHUT_RD)
+            except OSError:
+                pass
+        time.sleep(0.2)
+
+
 def main() -> None:
     port = int(os.environ.get("PORT", "8000"))
     server = Server(("0.0.0.0", port), Handler)
@@ -129,13 +143,7 @@ def main() -> None:
         # wait in readline() and see the end of input.
         STOPPING.set()
         threading.Thread(target=server.shutdown, daemon=True).start()
-        with CONNECTIONS_LOCK:
-            idle = [handler for handler in CONNECTIONS if not handler.busy]
-        for handler in idle:
-            try:
-                handler.connection.shutdown(socket.SHUT_RD)
-            except OSError:
-                pass
+        threading.Thread(target=close_idle_connections, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)

@@ -1,0 +1,141 @@
+"""Tools of the Swarm suite (tests/swarm/): the lab handle, daemon processes pointed at the lab's
+manager, and their config."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+
+from helpers import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+@dataclass
+class Lab:
+    docker_host: str
+    manager_ip: str
+    client: docker.DockerClient
+
+    def tasks(self, service: str, running: bool = True) -> list[dict[str, Any]]:
+        tasks = self.client.api.tasks(filters={"service": f"autoscaler-{service}"})
+        return [t for t in tasks if not running or (t["Status"]["State"] == "running" and t["DesiredState"] == "running")]
+
+    def nodes(self) -> dict[str, str]:
+        """node id -> hostname"""
+        return {n["ID"]: n["Description"]["Hostname"] for n in self.client.api.nodes()}
+
+    def remove_service_objects(self, service: str) -> None:
+        label = f"autoscaler.service={service}"
+        for svc in self.client.api.services(filters={"label": label}):
+            self.client.api.remove_service(svc["ID"])
+        for container in self.client.containers.list(all=True, filters={"label": label}):
+            try:
+                container.remove(force=True)
+            except docker.errors.APIError:
+                pass
+        deadline = time.time() + 30
+        for network in self.client.networks.list(filters={"label": label}):
+            while True:
+                try:
+                    network.remove()
+                    break
+                except docker.errors.APIError:
+                    if time.time() > deadline:
+                        raise
+                    time.sleep(1)
+
+
+def swarm_config(service: str, lb_port: int, *, service_keys: str = "", policy: str = "",
+                 interval_seconds: float = 1) -> str:
+    return f"""
+[daemon]
+interval_seconds = {interval_seconds}
+metrics_listen = "127.0.0.1:{free_port()}"
+shutdown_timeout_seconds = 5
+
+[services.{service}]
+backend = "swarm"
+image = "autoscaler-demo-app:latest"
+port = 8000
+cpu_limit = 0.25
+memory_limit = "128MiB"
+{service_keys}
+
+[services.{service}.load_balancer]
+publish = "0.0.0.0:{lb_port}"
+
+[services.{service}.policy]
+initialization_seconds = 0
+{policy}
+"""
+
+
+@dataclass
+class SwarmDaemon:
+    service: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    metrics_port: int
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.get("/status")[1])["services"][self.service]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_seconds: float = 30) -> int:
+        self.process.terminate()
+        return self.process.wait(timeout=timeout_seconds)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@dataclass
+class SwarmDaemons:
+    lab: Lab
+    service: str
+    tmp_path: Path
+    lb_port: int = field(default_factory=free_port)
+    started: list[SwarmDaemon] = field(default_factory=list)
+
+    def config(self, **kwargs: Any) -> Path:
+        path = self.tmp_path / "config.toml"
+        path.write_text(swarm_config(self.service, self.lb_port, **kwargs))
+        return path
+
+    def start(self, config: Path, name: str = "daemon") -> SwarmDaemon:
+        port = free_port()
+        log_path = self.tmp_path / f"{name}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "DOCKER_HOST": self.lab.docker_host,
+               "AUTOSCALER_DAEMON__METRICS_LISTEN": f"127.0.0.1:{port}"}
+        process = subprocess.Popen([sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
+                                   stdout=log_path.open("ab"), stderr=subprocess.STDOUT, env=env)
+        daemon = SwarmDaemon(self.service, process, log_path, port)
+        self.started.append(daemon)
+        return daemon
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.lab.manager_ip}:{self.lb_port}"
+
+

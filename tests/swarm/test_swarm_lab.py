@@ -1,0 +1,224 @@
+"""The Swarm backend on a real three-node swarm: scale out under CPU load with tasks on several
+nodes, scale in with no failed request, the agents' CPU against `docker stats` on the node, a
+daemon restart that adopts, bad input refused, and a worker node killed under load (last: it
+leaves the lab one node short)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+import docker
+import pytest
+
+from autoscaler.lb.haproxy import HAProxyRuntime
+from swarmkit import Lab, SwarmDaemons, swarm_config
+from helpers import Traffic
+
+pytestmark = pytest.mark.docker
+
+RESULTS: list[str] = []
+
+
+def wait_until(predicate, timeout_seconds: float, what: str):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_seconds
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+        except (OSError, KeyError, ValueError, TypeError):
+            last = None
+        if last:
+            return last
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout_seconds}s waiting for {what} (last: {last!r})")
+
+
+def ready(daemon) -> int:  # type: ignore[no-untyped-def]
+    return int(daemon.status()["replicas"]["ready"])
+
+
+def test_scales_out_across_nodes_and_back_in_with_no_failed_request(lab: Lab, swarm_daemons: SwarmDaemons) -> None:
+    config = swarm_daemons.config(service_keys="min_replicas = 1\nmax_replicas = 6", policy="""
+target_cpu_percent = 50
+scale_down_stabilization_seconds = 10
+drain_timeout_seconds = 10
+""")
+    daemon = swarm_daemons.start(config)
+    wait_until(lambda: ready(daemon) == 1, 120, "1 ready task")
+    traffic = Traffic(swarm_daemons.lb_port, host=lab.manager_ip, timeout_seconds=30)
+    traffic.start(workers=1, cpu_ms=1, pause_seconds=0.1)  # a probe through the whole cycle
+    try:
+        started = time.monotonic()
+        heavy = traffic.start(workers=4, cpu_ms=30, pause_seconds=0)
+        wait_until(lambda: ready(daemon) >= 3, 120, ">= 3 ready tasks")
+        scaled_out = time.monotonic() - started
+        nodes = {t["NodeID"] for t in lab.tasks(swarm_daemons.service)}
+        assert len(nodes) >= 2, f"tasks on {len(nodes)} node(s)"
+        spread_from = time.monotonic()
+        wait_until(lambda: len(traffic.hosts_since(spread_from)) >= 3, 30, "requests reaching 3 tasks")
+        heavy.set()
+        stopped = time.monotonic()
+        wait_until(lambda: daemon.status()["replicas"] == {"ready": 1, "starting": 0, "draining": 0}, 150,
+                   "back to 1 task")
+        scaled_in = time.monotonic() - stopped
+        wait_until(lambda: len(lab.tasks(swarm_daemons.service)) == 1, 60, "Swarm down to 1 running task")
+        time.sleep(2)
+    finally:
+        traffic.stop_all()
+    log = daemon.log()
+    assert daemon.stop() == 0
+    RESULTS.append(f"scale-out to >= 3 on {len(nodes)} nodes in {scaled_out:.1f} s, back to 1 in {scaled_in:.1f} s; "
+                   f"{traffic.sent} requests, {len(traffic.failures)} failed")
+    print("\nswarm: " + RESULTS[-1])
+    assert traffic.failures == [], traffic.failures[:10]
+    assert "marked for removal by the orchestrator" in log, "each leaving task was drained first"
+    assert "Traceback" not in log
+
+
+def _docker_stats_on_node(node: str, container_id: str) -> float:
+    """The container's CPU (cores) as `docker stats` on its own node shows it."""
+    out = subprocess.run(["docker", "exec", node, "docker", "stats", "--no-stream", "--format", "{{.CPUPerc}}",
+                          container_id], capture_output=True, text=True, check=True).stdout
+    return float(out.strip().rstrip("%")) / 100
+
+
+def _agent_cores(daemon, task_name: str) -> float | None:  # type: ignore[no-untyped-def]
+    text = daemon.get("/metrics")[1]
+    for line in text.splitlines():
+        if line.startswith("autoscaler_replica_cpu_percent{") and f'replica="{task_name}"' in line:
+            value = float(line.rsplit(" ", 1)[1])
+            return None if value != value else value / 100 * 0.25
+    return None
+
+
+def test_the_agent_reads_a_busy_task_on_a_worker_as_docker_stats_does(lab: Lab, swarm_daemons: SwarmDaemons) -> None:
+    config = swarm_daemons.config(service_keys="min_replicas = 3\nmax_replicas = 3")
+    daemon = swarm_daemons.start(config)
+    wait_until(lambda: ready(daemon) == 3, 120, "3 ready tasks")
+    nodes = lab.nodes()
+    workers = [t for t in lab.tasks(swarm_daemons.service) if "worker" in nodes[t["NodeID"]]]
+    assert workers, "a task on a worker"
+    task = workers[0]
+    node = nodes[task["NodeID"]]
+    container = task["Status"]["ContainerStatus"]["ContainerID"]
+    task_name = f"autoscaler-{swarm_daemons.service}.{task['Slot']}.{task['ID']}"
+    # Load that one task from inside its own container: steady, whatever the balancing.
+    burner = subprocess.Popen(["docker", "exec", node, "docker", "exec", container, "python3", "-c",
+                               "import urllib.request as u\nwhile True: u.urlopen('http://127.0.0.1:8000/work?cpu_ms=500').read()"])
+    try:
+        time.sleep(4)
+        comparisons = []
+        for _ in range(3):
+            shown = _docker_stats_on_node(node, container)
+            ours = wait_until(lambda: _agent_cores(daemon, task_name), 10, "the agent's reading")
+            comparisons.append((ours, shown))
+            time.sleep(1)
+    finally:
+        burner.kill()
+        burner.wait(10)
+    ours, shown = max(comparisons, key=lambda c: c[1])
+    RESULTS.append(f"busy task on {node}: agent {ours:.3f} cores, docker stats on the node {shown:.3f} cores")
+    print("\nswarm: " + RESULTS[-1] + f" (all: {comparisons})")
+    assert shown > 0.15, "the task was busy"
+    assert abs(ours - shown) <= 0.10 * shown, comparisons
+    assert daemon.stop() == 0
+
+
+def test_a_restarted_daemon_adopts_the_service_its_tasks_and_its_load_balancer(lab: Lab, swarm_daemons: SwarmDaemons) -> None:
+    config = swarm_daemons.config(service_keys="min_replicas = 2\nmax_replicas = 4")
+    daemon = swarm_daemons.start(config)
+    wait_until(lambda: ready(daemon) == 2, 120, "2 ready tasks")
+    assert daemon.stop() == 0
+    before_tasks = {t["ID"] for t in lab.tasks(swarm_daemons.service)}
+    before_services = {s["ID"]: s["Version"]["Index"] for s in lab.client.api.services(
+        filters={"label": f"autoscaler.service={swarm_daemons.service}"})}
+    restarted = swarm_daemons.start(config, name="restarted")
+    wait_until(lambda: ready(restarted) == 2 and restarted.status()["last_decision"], 60, "adopted and serving")
+    time.sleep(3)
+    with urllib.request.urlopen(f"{swarm_daemons.url}/healthz", timeout=5) as r:
+        assert json.load(r)["status"] == "ok"
+    assert {t["ID"] for t in lab.tasks(swarm_daemons.service)} == before_tasks, "same tasks"
+    after_services = {s["ID"]: s["Version"]["Index"] for s in lab.client.api.services(
+        filters={"label": f"autoscaler.service={swarm_daemons.service}"})}
+    assert after_services == before_services, "the service and the load balancer adopted, not changed"
+    assert restarted.stop() == 0
+
+
+@pytest.mark.parametrize("problem", ["global", "unlabelled"])
+def test_an_adopted_service_that_cannot_be_scaled_is_refused(lab: Lab, swarm_daemons: SwarmDaemons, problem: str) -> None:
+    name = f"adopt-{swarm_daemons.service}"
+    labels = {"autoscaler.service": swarm_daemons.service} if problem == "global" else {"autoscaler.other": "x"}
+    mode = docker.types.ServiceMode("global") if problem == "global" else docker.types.ServiceMode("replicated", replicas=1)
+    lab.client.api.create_service(docker.types.TaskTemplate(docker.types.ContainerSpec("autoscaler-demo-app:latest")),
+                                  name=name, labels=labels, mode=mode)
+    try:
+        config = swarm_daemons.config(service_keys=f'swarm_service = "{name}"')
+        daemon = swarm_daemons.start(config)
+        code = daemon.process.wait(60)
+        log = daemon.log()
+        assert code == 2, log
+        assert ("is global" if problem == "global" else "does not carry the label") in log
+        assert "Traceback" not in log
+    finally:
+        lab.client.api.remove_service(name)
+
+
+def test_a_worker_node_killed_under_load(lab: Lab, swarm_daemons: SwarmDaemons) -> None:
+    config = swarm_daemons.config(service_keys="min_replicas = 3\nmax_replicas = 3\nstartup_timeout_seconds = 20")
+    daemon = swarm_daemons.start(config)
+    wait_until(lambda: ready(daemon) == 3, 120, "3 ready tasks")
+    nodes = lab.nodes()
+    victim_tasks = [t for t in lab.tasks(swarm_daemons.service) if nodes[t["NodeID"]] == "swarmlab-worker2"]
+    workers = 4
+    traffic = Traffic(swarm_daemons.lb_port, host=lab.manager_ip, timeout_seconds=10)
+    traffic.start(workers=workers, cpu_ms=5, pause_seconds=0.05)
+    try:
+        time.sleep(2)
+        killed = time.monotonic()
+        subprocess.run(["docker", "kill", "swarmlab-worker2"], check=True, capture_output=True)
+        dead_ids = {nid for nid, host in nodes.items() if host == "swarmlab-worker2"}
+
+        def recovered() -> bool:
+            tasks = lab.tasks(swarm_daemons.service)
+            return (len(tasks) == 3 and not {t["NodeID"] for t in tasks} & dead_ids
+                    and daemon.status()["replicas"]["ready"] == 3)
+
+        wait_until(recovered, 120, "3 tasks serving on the remaining nodes")
+        recovery = time.monotonic() - killed
+        time.sleep(3)
+    finally:
+        traffic.stop_all()
+    # Membership is exactly the running tasks: the dead node's servers are gone.
+    socket_path = f"/run/autoscaler/autoscaler-{swarm_daemons.service}-lb.sock"
+    servers = HAProxyRuntime(socket_path).servers()
+    running = {f"autoscaler-{swarm_daemons.service}.{t['Slot']}.{t['ID']}" for t in lab.tasks(swarm_daemons.service)}
+    assert {n for n, s in servers.items() if s.serving} == running
+    log = daemon.log()
+    assert daemon.stop() == 0
+    RESULTS.append(f"worker node killed with {len(victim_tasks)} of 3 tasks on it: recovered in {recovery:.1f} s; "
+                   f"{len(traffic.failures)} of {traffic.sent} requests failed (at most {workers} in flight)")
+    print("\nswarm: " + RESULTS[-1])
+    assert len(traffic.failures) <= workers * max(1, len(victim_tasks)), traffic.failures
+    assert "Traceback" not in log
+    for line in RESULTS:
+        print("swarm result: " + line)
+
+
+def test_a_swarm_service_against_an_engine_that_is_no_manager_is_refused(tmp_path, docker_client) -> None:  # type: ignore[no-untyped-def]
+    """The host's own engine is not in swarm mode: one sentence, exit 2, nothing created."""
+    config = tmp_path / "config.toml"
+    config.write_text(swarm_config("nomanager", 18999))
+    result = subprocess.run([sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60,
+                            env={k: v for k, v in os.environ.items() if k != "DOCKER_HOST"})
+    assert result.returncode == 2, result.stderr
+    assert re.search(r"needs a swarm manager, but the Docker engine at .* is not one: run `docker swarm init`",
+                     result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+    assert docker_client.containers.list(all=True, filters={"label": "autoscaler.service=nomanager"}) == []
