@@ -268,13 +268,16 @@ class SwarmBackend:
 
     # --- agents --------------------------------------------------------------------------
 
+    def _agent_service(self) -> str | None:
+        """The agents' service: ours, or one a stack deployed (found by its label, whatever its name)."""
+        found = self._call("service_list", None, self._client.api.services,
+                           filters={"label": f"{LABEL_ROLE}={ROLE_AGENT}"})
+        return str(found[0]["Spec"]["Name"]) if found else None
+
     def ensure_agents(self) -> None:
         """`autoscaler agent` as a global service, published with mode=host on every node."""
-        try:
-            self._call("service_inspect", None, self._client.api.inspect_service, AGENT_SERVICE)
+        if self._agent_service() is not None:
             return
-        except docker.errors.NotFound:
-            pass
         template = TaskTemplate(
             container_spec=ContainerSpec(
                 self.agent_image, args=["agent", "--listen", f"0.0.0.0:{self.agent_port}"],
@@ -293,17 +296,19 @@ class SwarmBackend:
         )
 
     def agent_endpoints(self) -> list[tuple[str, str]]:
-        """(node id, base URL) of every running agent: the node's address and the published port."""
+        """(node id, base URL) for every ready node: its address and the agents' published port.
+
+        Every ready node, not only those whose agent task runs: the agents are a global service,
+        so a node without a running one has lost it, and that must show (logged, a metric)
+        rather than its tasks silently having no readings.
+        """
         nodes = self._call("node_list", None, self._client.api.nodes)
         self._nodes = {n["ID"]: (n.get("Status") or {}).get("Addr", "") for n in nodes}
-        tasks = self._call("task_list", None, self._client.api.tasks,
-                           filters={"service": AGENT_SERVICE, "desired-state": "running"})
-        endpoints = []
-        for task in tasks:
-            address = self._nodes.get(task.get("NodeID", ""))
-            if address and (task.get("Status") or {}).get("State") == "running":
-                endpoints.append((task["NodeID"], f"http://{address}:{self.agent_port}"))
-        return sorted(endpoints)
+        return sorted(
+            (node["ID"], f"http://{self._nodes[node['ID']]}:{self.agent_port}")
+            for node in nodes
+            if (node.get("Status") or {}).get("State") == "ready" and self._nodes.get(node["ID"])
+        )
 
     # --- network ---------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -17,8 +18,8 @@ import docker
 import pytest
 
 from autoscaler.lb.haproxy import HAProxyRuntime
-from swarmkit import Lab, SwarmDaemons, swarm_config
-from helpers import Traffic
+from helpers import Traffic, free_port
+from swarmkit import REPO, Lab, SwarmDaemons, swarm_config
 
 pytestmark = pytest.mark.docker
 
@@ -222,3 +223,122 @@ def test_a_swarm_service_against_an_engine_that_is_no_manager_is_refused(tmp_pat
                      result.stderr), result.stderr
     assert "Traceback" not in result.stderr
     assert docker_client.containers.list(all=True, filters={"label": "autoscaler.service=nomanager"}) == []
+
+
+# --- the shipped stack, the Prometheus source, an agent that goes away -------------------------
+# (defined after the node-kill test in the file, run before it: see pytest_collection_modifyitems)
+
+
+def test_the_shipped_stack_deploys_and_scales_its_web_service(lab: Lab, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """deploy/swarm/stack.yml as `docker stack deploy` runs it on the manager (without its
+    Prometheus, whose image comes from Docker Hub): the daemon in its container adopts the
+    stack's web service, creates the load balancer and scales under load."""
+    for service in lab.client.api.services(filters={"label": "autoscaler.role=agent"}):
+        lab.client.api.remove_service(service["ID"])  # the stack brings its own agents
+    stack = (REPO / "deploy" / "swarm" / "stack.yml").read_text()
+    stack = stack[: stack.index("  prometheus:\n    image: prom/")] + stack[stack.index("networks:\n  web:"):]
+    stack = stack.replace("  prometheus:\n    file: ./prometheus.yml\n  alerts:\n    file: ../prometheus/alerts.yml\n", "")
+    config = (REPO / "deploy" / "swarm" / "autoscaler.toml").read_text().replace(
+        "interval_seconds = 5", "interval_seconds = 1").replace(
+        "scale_down_stabilization_seconds = 60", "scale_down_stabilization_seconds = 5")
+    (tmp_path / "stack.yml").write_text(stack)
+    (tmp_path / "autoscaler.toml").write_text(config)
+    subprocess.run(["docker", "cp", str(tmp_path), "swarmlab-manager:/tmp/stack"], check=True)
+    deployed = subprocess.run(["docker", "exec", "-w", "/tmp/stack", "swarmlab-manager", "docker", "stack", "deploy",
+                               "-c", "stack.yml", "autoscaler"], capture_output=True, text=True)
+    assert deployed.returncode == 0, deployed.stderr
+    traffic = Traffic(8080, host=lab.manager_ip, timeout_seconds=30)
+    try:
+        def status() -> dict:
+            with urllib.request.urlopen(f"http://{lab.manager_ip}:9464/status", timeout=5) as r:
+                return json.load(r)["services"]["web"]
+
+        wait_until(lambda: status()["replicas"]["ready"] >= 1 and status()["stats_source"] == "agent", 120,
+                   "the stack's daemon serving web")
+        with urllib.request.urlopen(f"http://{lab.manager_ip}:8080/healthz", timeout=5) as r:
+            assert json.load(r)["status"] == "ok"
+        traffic.start(workers=4, cpu_ms=30, pause_seconds=0)
+        wait_until(lambda: status()["replicas"]["ready"] >= 2, 120, "the stack's web scaled out")
+        tasks = lab.client.api.tasks(filters={"service": "autoscaler_web", "desired-state": "running"})
+        assert len(tasks) >= 2
+    finally:
+        traffic.stop_all()
+        subprocess.run(["docker", "exec", "swarmlab-manager", "docker", "stack", "rm", "autoscaler"], capture_output=True)
+        time.sleep(3)
+        lab.remove_service_objects("web")
+        for volume in lab.client.volumes.list():
+            if volume.name.startswith("autoscaler_"):
+                try:
+                    volume.remove(force=True)
+                except docker.errors.APIError:
+                    pass
+    assert traffic.failures == [], traffic.failures[:5]
+
+
+def test_the_prometheus_source_reads_the_agents_through_a_real_prometheus(lab: Lab, swarm_daemons: SwarmDaemons, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    binary = shutil.which("prometheus")
+    if binary is None:
+        message = "prometheus is not installed (Debian package: prometheus)"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    # The shipped scrape config, pointed at the lab's manager socket.
+    shipped = (REPO / "deploy" / "swarm" / "prometheus.yml").read_text()
+    (tmp_path / "prometheus.yml").write_text(shipped.replace("unix:///var/run/docker.sock", lab.docker_host))
+    (tmp_path / "alerts.yml").write_text((REPO / "deploy" / "prometheus" / "alerts.yml").read_text())
+    port = free_port()
+    prometheus = subprocess.Popen([binary, f"--config.file={tmp_path / 'prometheus.yml'}",
+                                   f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                  stdout=(tmp_path / "prometheus.log").open("wb"), stderr=subprocess.STDOUT)
+    try:
+        config = swarm_daemons.config(
+            service_keys=f'min_replicas = 2\nmax_replicas = 2\nmetrics_source = "prometheus"\n'
+                         f'[services.{swarm_daemons.service}.prometheus]\nurl = "http://127.0.0.1:{port}"',
+        )
+        # The agents come from the agent source's service: the Prometheus here scrapes them.
+        daemon = swarm_daemons.start(config)
+        wait_until(lambda: ready(daemon) == 2, 120, "2 ready tasks")
+        lab_backend_agents = lab.client.api.services(filters={"label": "autoscaler.role=agent"})
+        if not lab_backend_agents:  # this daemon's source is Prometheus: start agents for it to scrape
+            from autoscaler.docker.backend import DockerBackend
+            from autoscaler.swarm.backend import SwarmBackend
+            SwarmBackend(DockerBackend(lab.client, cgroups=False)).ensure_agents()
+        traffic = Traffic(swarm_daemons.lb_port, host=lab.manager_ip)
+        traffic.start(workers=3, cpu_ms=30, pause_seconds=0)
+        try:
+            def busy() -> bool:
+                utilization = (daemon.status()["utilization"].get("cpu") or {}).get("value")
+                return utilization is not None and utilization > 30
+
+            wait_until(busy, 90, "CPU from Prometheus showing the load")
+        finally:
+            traffic.stop_all()
+        status = daemon.status()
+        assert status["stats_source"] == "prometheus"
+        assert "Traceback" not in daemon.log()
+        assert daemon.stop() == 0
+    finally:
+        prometheus.terminate()
+        prometheus.wait(30)
+
+
+def test_an_agent_that_goes_away_leaves_its_tasks_missing_logged_once(lab: Lab, swarm_daemons: SwarmDaemons) -> None:
+    config = swarm_daemons.config(service_keys="min_replicas = 3\nmax_replicas = 3")
+    daemon = swarm_daemons.start(config)
+    wait_until(lambda: ready(daemon) == 3, 120, "3 ready tasks")
+    nodes = {host: nid for nid, host in lab.nodes().items()}
+    worker = nodes["swarmlab-worker1"]
+    agents = subprocess.run(["docker", "exec", "swarmlab-worker1", "docker", "ps", "-q", "--filter",
+                             "label=com.docker.swarm.service.name=autoscaler-agent"], capture_output=True, text=True).stdout.split()
+    assert agents, "an agent runs on worker1"
+    subprocess.run(["docker", "exec", "swarmlab-worker1", "docker", "kill", *agents], check=True, capture_output=True)
+    down = wait_until(lambda: daemon.get("/metrics")[1].count(f'autoscaler_agent_up{{node="{worker}"}} 0.0'), 20,
+                      "the agent's gauge at 0")
+    assert down
+    wait_until(lambda: f'autoscaler_agent_up{{node="{worker}"}} 1.0' in daemon.get("/metrics")[1], 60, "the agent back")
+    log = daemon.log()
+    assert log.count(worker) >= 1
+    gone = [line for line in log.splitlines() if worker in line and "WARNING" in line]
+    assert len(gone) == 1, gone
+    assert "Traceback" not in log
+    assert daemon.stop() == 0
