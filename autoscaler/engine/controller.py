@@ -340,6 +340,11 @@ class ServiceController:
     def start_backoff(self) -> bo.Backoff:
         return self._backoff
 
+    def source_errors(self) -> dict[str, str]:
+        """Metrics sources that fail (Swarm agents by node), for `status`."""
+        errors = getattr(self._backend, "agent_errors", None)
+        return errors() if callable(errors) and self.health.stats_source == "agent" else {}
+
     def bounds(self) -> Bounds:
         return self._configured[1].at_timestamp(self._wall_clock())
 

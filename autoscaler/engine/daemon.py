@@ -464,6 +464,8 @@ def service_status(controller: ServiceController, now: float, interval_seconds: 
     failures = controller.consecutive_failures
     if failures:
         warnings.append(f"metrics failed {failures} cycle(s) in a row")
+    for node, error in controller.source_errors().items():
+        warnings.append(f"agent on node {node} not answering ({error}): its tasks have no readings")
     if decision is not None and decision.desired >= bounds.max_replicas and (decision.recommendation or 0) > bounds.max_replicas:
         warnings.append(f"pinned at max_replicas {bounds.max_replicas} (the policy wants {decision.recommendation})")
     age = None if controller.last_decision_at is None else now - controller.last_decision_at

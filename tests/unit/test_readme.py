@@ -29,9 +29,31 @@ def test_the_readme_has_policy_examples() -> None:
     assert len(BLOCKS) >= 5
 
 
+def merged(base: str, block: str) -> str:
+    """The block's tables added to the base; a table both have gets the block's keys on top
+    (the block's own value wins), so examples that show a whole [services.web] still load."""
+    def tables(text: str) -> dict[str, list[str]]:
+        result: dict[str, list[str]] = {"": []}
+        current = ""
+        for line in text.splitlines():
+            if re.fullmatch(r"\[[^\[\]]+\]\s*(#.*)?", line.strip()):
+                current = line.strip().split("#")[0].strip()
+                result.setdefault(current, [])
+            else:
+                result[current].append(line)
+        return result
+
+    ours, theirs = tables(base), tables(block)
+    for header, lines in theirs.items():
+        keys = {line.split("=", 1)[0].strip() for line in lines if "=" in line and not line.lstrip().startswith("#")}
+        kept = [line for line in ours.get(header, []) if line.split("=", 1)[0].strip() not in keys]
+        ours[header] = kept + lines
+    return "\n".join(("" if header == "" else header + "\n") + "\n".join(lines) for header, lines in ours.items())
+
+
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"block-{i}" for i in range(len(BLOCKS))])
 def test_each_policy_example_loads(block: str, tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
-    path.write_text(BASE + "\n" + block)
+    path.write_text(merged(BASE, block))
     settings = load_config(path, environ={})
     assert "web" in settings.services

@@ -1,0 +1,101 @@
+"""Benchmark: one metrics cycle over 100 tasks spread on the 3 nodes of the Swarm lab.
+
+Side by side in one run (best of 3 each):
+  agents        the daemon's path: AgentSource scraping `autoscaler agent` on every node at once
+                (each agent reads its node's cgroup files), all 100 tasks' CPU and memory
+  docker stats  `docker stats --no-stream` on each node (the only way to read another node's
+                tasks with Docker alone), the 3 nodes at once
+and prints both with the ratio. Uses the lab (deploy/swarm-lab.sh): brings it up if it is not,
+and takes it down afterwards only if it brought it up.
+
+    .venv/bin/python tests/benchmarks/bench_swarm_stats.py [--tasks 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import docker
+from docker.types import ContainerSpec, EndpointSpec, Resources, ServiceMode, TaskTemplate
+
+from autoscaler.docker.backend import DockerBackend
+from autoscaler.swarm.backend import SwarmBackend
+from benchkit import IMAGE, best_of, ensure_image, remove_image
+
+REPO = Path(__file__).resolve().parents[2]
+NODES = ("swarmlab-manager", "swarmlab-worker1", "swarmlab-worker2")
+
+
+def lab(command: str) -> dict[str, str]:
+    out = subprocess.run(["bash", str(REPO / "deploy" / "swarm-lab.sh"), command],
+                         capture_output=True, text=True, check=True).stdout
+    return dict(line.removeprefix("export ").split("=", 1) for line in out.splitlines() if line.startswith("export "))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=100)
+    args = parser.parse_args()
+    host = docker.from_env()
+    was_up = bool(host.containers.list(filters={"label": "autoscaler.swarmlab=true"}))
+    env = lab("up")
+    client = docker.DockerClient(base_url=env["DOCKER_HOST"], timeout=120)
+    name = f"benchswarm{uuid.uuid4().hex[:4]}"
+    try:
+        ensure_image(host)
+        saved = subprocess.run(["docker", "save", IMAGE], capture_output=True, check=True).stdout
+        with ThreadPoolExecutor(len(NODES)) as pool:
+            list(pool.map(lambda node: subprocess.run(["docker", "exec", "-i", node, "docker", "load", "-q"],
+                                                      input=saved, capture_output=True, check=True), NODES))
+        swarm = SwarmBackend(DockerBackend(client, cgroups=False))
+        swarm.ensure_agents()
+        client.api.create_service(
+            TaskTemplate(ContainerSpec(IMAGE), resources=Resources(cpu_limit=10_000_000, mem_limit=16 * 1024 * 1024)),
+            name=name, mode=ServiceMode("replicated", replicas=args.tasks), endpoint_spec=EndpointSpec(mode="dnsrr"),
+            labels={"autoscaler.bench": "true"})
+        deadline = time.time() + 600
+        while True:
+            tasks = [t for t in client.api.tasks(filters={"service": name, "desired-state": "running"})
+                     if t["Status"]["State"] == "running"]
+            agents = swarm.agent_endpoints()
+            if len(tasks) == args.tasks and len(agents) == len(NODES):
+                break
+            if time.time() > deadline:
+                raise RuntimeError(f"{len(tasks)} of {args.tasks} tasks running, {len(agents)} agents")
+            time.sleep(2)
+        spread = {t["NodeID"] for t in tasks}
+        ids = [t["ID"] for t in tasks]
+        source = swarm._agent_source
+        time.sleep(3)  # the agents answer
+        source.read(ids)  # warm (connections, first look)
+        agent_seconds = best_of(3, lambda: source.read(ids))
+        readings = source.read(ids)
+        read = sum(1 for i in ids if readings.get(i) is not None)
+
+        def docker_stats_everywhere() -> None:
+            with ThreadPoolExecutor(len(NODES)) as pool:
+                list(pool.map(lambda node: subprocess.run(
+                    ["docker", "exec", node, "docker", "stats", "--no-stream", "--format", "{{.ID}} {{.CPUPerc}} {{.MemUsage}}"],
+                    capture_output=True, check=True), NODES))
+
+        cli_seconds = best_of(3, docker_stats_everywhere)
+        print(f"{args.tasks} tasks on {len(spread)} nodes: agents {agent_seconds * 1000:.0f} ms ({read} tasks read), "
+              f"docker stats on each node {cli_seconds:.2f} s; ratio {agent_seconds / cli_seconds:.3f}x")
+    finally:
+        try:
+            client.api.remove_service(name)
+        except docker.errors.APIError:
+            pass
+        if not was_up:
+            lab("down")
+        remove_image(host)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
