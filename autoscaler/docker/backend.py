@@ -16,7 +16,6 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ import docker.errors
 import requests.exceptions
 
 from autoscaler.docker.cgroups import CgroupReader, host_mounts
-from autoscaler.docker.stats import StatsFormatError, StatsReading, parse_stats
+from autoscaler.docker.stats import StatsFormatError, StatsReading, parse_docker_time, parse_stats
 from autoscaler.instrument import NULL_OBSERVER, CallObserver
 
 log = logging.getLogger("autoscaler.docker")
@@ -640,12 +639,11 @@ class DockerBackend:
 
 
 def _epoch(text: str | None) -> float | None:
-    """Docker's RFC 3339 times with nanoseconds ("2026-11-28T21:40:01.123456789Z") as epoch seconds."""
+    """A Docker time as epoch seconds; None for none (Docker's zero time) or an unreadable one."""
     if not text or text.startswith("0001-"):
         return None
-    head, _, frac = text.rstrip("Z").partition(".")
     try:
-        return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}+00:00").timestamp()
+        return parse_docker_time(text)
     except ValueError:
         return None
 

@@ -26,12 +26,12 @@ class StatsReading:
     memory_limit_bytes: int | None
 
 
-def _parse_timestamp(text: str) -> float:
-    # Docker writes nanoseconds ("2026-11-28T21:40:01.123456789Z"); Python parses microseconds.
+def parse_docker_time(text: str) -> float:
+    """Docker's RFC 3339 times as epoch seconds. Docker writes nanoseconds
+    ("2026-11-28T21:40:01.123456789Z"); Python parses microseconds. Raises ValueError."""
     head, _, frac = text.rstrip("Z").partition(".")
     frac = (frac + "000000")[:6]
-    tz_suffix = "+00:00"
-    return datetime.fromisoformat(f"{head}.{frac}{tz_suffix}").timestamp()
+    return datetime.fromisoformat(f"{head}.{frac}+00:00").timestamp()
 
 
 def parse_stats(doc: dict[str, Any]) -> StatsReading:
@@ -40,7 +40,7 @@ def parse_stats(doc: dict[str, Any]) -> StatsReading:
         total = int(cpu["cpu_usage"]["total_usage"])
         system = cpu.get("system_cpu_usage")
         online = cpu.get("online_cpus") or len(cpu["cpu_usage"].get("percpu_usage") or []) or 1
-        read_at = _parse_timestamp(doc["read"])
+        read_at = parse_docker_time(doc["read"])
         memory = doc.get("memory_stats") or {}
         used: int | None = None
         limit: int | None = None

@@ -74,7 +74,8 @@ publish = "127.0.0.1:{lb_port}"
         group_add=[str(os.stat(SOCKET).st_gid)],
         volumes={SOCKET: {"bind": "/var/run/docker.sock", "mode": "rw"},
                  str(config): {"bind": "/etc/autoscaler/config.toml", "mode": "ro"},
-                 admin_volume.name: {"bind": "/run/autoscaler", "mode": "rw"}},
+                 admin_volume.name: {"bind": "/run/autoscaler", "mode": "rw"},
+                 "/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "ro"}},
         network=network,
         ports={"9464/tcp": ("127.0.0.1", None)},
     )
@@ -88,6 +89,9 @@ publish = "127.0.0.1:{lb_port}"
         return get_json(f"http://127.0.0.1:{metrics_port}/status")["services"][service_name]["replicas"]["ready"] == 1
 
     wait_for(ready, 60, "the containerised daemon to start a replica")
+    # With the host's cgroups mounted read-only it reads the files, not the Docker API.
+    wait_for(lambda: get_json(f"http://127.0.0.1:{metrics_port}/status")["services"][service_name]["stats_source"]
+             == "cgroup", 20, "stats from the cgroup files")
     served = get_json(f"http://127.0.0.1:{lb_port}/healthz")
     assert served["status"] == "ok"
 

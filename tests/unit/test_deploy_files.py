@@ -70,3 +70,31 @@ def test_dashboard_panels_use_the_provisioned_datasource_and_the_service_variabl
             if "autoscaler_external_call" not in expr:
                 assert 'service="$service"' in expr, (panel["title"], expr)
     assert dashboard["templating"]["list"][0]["name"] == "service"
+
+
+def test_the_swarm_stack_is_consistent_with_its_daemon_config() -> None:
+    """deploy/swarm: the config names the stack's service and network, the stack labels what
+    the daemon looks for, and the scrape config is valid for promtool."""
+    from autoscaler.config import load_config
+
+    stack = (DEPLOY / "swarm" / "stack.yml").read_text()
+    settings = load_config(DEPLOY / "swarm" / "autoscaler.toml", environ={})
+    web = settings.services["web"]
+    assert (web.backend, web.swarm_service, web.effective_metrics_source) == ("swarm", "autoscaler_web", "agent")
+    assert f"name: {web.network}" in stack and "attachable: true" in stack
+    assert "autoscaler.service: web" in stack, "the adopted service carries the label"
+    assert "autoscaler.role: agent" in stack and "mode: global" in stack
+    assert f"published: {settings.daemon.swarm_agent_port}, mode: host" in stack
+    assert "endpoint_mode: dnsrr" in stack, "no IPVS needed"
+    result = subprocess.run([tool("docker-compose"), "-f", str(DEPLOY / "swarm" / "stack.yml"), "config"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_swarm_scrape_config_passes_promtool(tmp_path: Path) -> None:
+    # The stack mounts prometheus.yml and alerts.yml side by side in /etc/prometheus.
+    shutil.copy(DEPLOY / "swarm" / "prometheus.yml", tmp_path / "prometheus.yml")
+    shutil.copy(DEPLOY / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
+    result = subprocess.run([tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
