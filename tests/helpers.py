@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import socket
@@ -12,7 +13,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import docker.errors
 
@@ -151,3 +154,45 @@ publish = "127.0.0.1:{lb_port}"
 [services.{service}.policy]
 {policy}
 """
+
+
+@dataclass
+class DaemonProcess:
+    """A daemon run as a process by a test: its /status, /metrics and log, stop and kill."""
+
+    service: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    metrics_port: int
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.get("/status")[1])["services"][self.service]
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        wanted = {"service": self.service, **labels}
+        for line in self.get("/metrics")[1].splitlines():
+            if not line.startswith(name + "{") and not line.startswith(name + " "):
+                continue
+            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
+            if all(found.get(k) == v for k, v in wanted.items()):
+                return float(line.rsplit(" ", 1)[1])
+        return None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout_seconds: float = 30) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout_seconds)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)

@@ -8,22 +8,15 @@ from __future__ import annotations
 
 import logging
 from bisect import insort
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from autoscaler.config import ServiceConfig
-from autoscaler.docker.backend import BackendError, Replica, ReplicaSpec
+from autoscaler.docker.backend import BackendError, Replica
 from autoscaler.engine import backoff as bo
-from autoscaler.engine.health import ServiceHealth
 from autoscaler.engine.operations import Outcome
+from autoscaler.engine.state import ReconcilerState
 from autoscaler.engine.replicas import ReplicaView, Tracked, choose_victims
 from autoscaler.lb.haproxy import ServerStat
 from autoscaler.model import Decision, History, TimedValue
-from autoscaler.telemetry import Telemetry
-
-if TYPE_CHECKING:
-    from autoscaler.engine.controller import LoadBalancerAPI, ReplicaBackend
-    from autoscaler.engine.operations import Operations
 
 log = logging.getLogger("autoscaler.engine")
 
@@ -36,38 +29,7 @@ def uncount_scale_up(history: History, decided_at: float) -> History:
     return history._replace(scale_up_events=tuple(events))
 
 
-class Acting:
-    # State shared with the rest of the reconciler (autoscaler/engine/controller.py).
-    name: str
-    dry_run: bool
-    network: str
-    health: ServiceHealth
-    _backend: "ReplicaBackend"
-    _telemetry: Telemetry
-    _tracked: dict[str, Tracked]
-    _removing: dict[str, str]
-    _deleting: dict[str, float]
-    _expected_starts: set[str]
-    _counted: list[float]
-    _ops: "Operations"
-    _history: History
-    _backoff: bo.Backoff
-    _spec: int | None
-    _orchestrated_count: int | None
-    _watch_leaving_until: float
-    _started_at: float
-    _clock: Callable[[], float]
-    _wall_clock: Callable[[], float]
-
-    @property
-    def _lb(self) -> "LoadBalancerAPI | None": ...
-
-    def _extra(self, **fields: object) -> dict[str, object]: ...
-
-    def _once(self, topic: str, level: int, message: str, *args: object, **extra: object) -> None: ...
-
-    def replica_spec(self, config: ServiceConfig | None = None) -> ReplicaSpec: ...
-
+class Acting(ReconcilerState):
     def _collect(self, config: ServiceConfig, now: float) -> None:
         """Takes in the outcomes of finished starts and removals."""
         for outcome in self._ops.completed():

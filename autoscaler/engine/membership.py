@@ -9,57 +9,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from autoscaler.config import ServiceConfig
-from autoscaler.docker.backend import BackendError, ExitReport, Replica, ReplicaSpec
+from autoscaler.docker.backend import BackendError, ExitReport, Replica
 from autoscaler.engine import backoff as bo
 from autoscaler.engine.acting import uncount_scale_up
-from autoscaler.engine.health import ServiceHealth
+from autoscaler.engine.state import ReconcilerState
 from autoscaler.engine.replicas import ReplicaView, Tracked, classify_exit
 from autoscaler.lb.haproxy import HAProxyError, ServerBusy, ServerStat
-from autoscaler.model import History
-from autoscaler.telemetry import Telemetry
-
-if TYPE_CHECKING:
-    from autoscaler.engine.controller import LoadBalancerAPI, ReplicaBackend
-    from autoscaler.engine.operations import Operations
 
 log = logging.getLogger("autoscaler.engine")
 
 
-class Membership:
-    # State shared with the rest of the reconciler (autoscaler/engine/controller.py).
-    name: str
-    dry_run: bool
-    network: str
-    health: ServiceHealth
-    _backend: "ReplicaBackend"
-    _telemetry: Telemetry
-    _tracked: dict[str, Tracked]
-    _removing: dict[str, str]
-    _deleting: dict[str, float]
-    _expected_starts: set[str]
-    _counted: list[float]
-    _ops: "Operations"
-    _history: History
-    _backoff: bo.Backoff
-    _spec: int | None
-    _orchestrated_count: int | None
-    _watch_leaving_until: float
-    _started_at: float
-    _clock: Callable[[], float]
-    _wall_clock: Callable[[], float]
-
-    @property
-    def _lb(self) -> "LoadBalancerAPI | None": ...
-
-    def _extra(self, **fields: object) -> dict[str, object]: ...
-
-    def _once(self, topic: str, level: int, message: str, *args: object, **extra: object) -> None: ...
-
-    def replica_spec(self, config: ServiceConfig | None = None) -> ReplicaSpec: ...
-
+class Membership(ReconcilerState):
     def _reconcile(
         self, config: ServiceConfig, replicas: list[Replica], servers: dict[str, ServerStat] | None, now: float
     ) -> list[ReplicaView]:

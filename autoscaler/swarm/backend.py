@@ -117,19 +117,9 @@ class SwarmBackend:
         self._node_id: str | None = None
         self._nodes: dict[str, str] = {}  # node id -> address, refreshed with the agents
 
-    # --- the one wrapper for Docker calls ---------------------------------------------------
-
     def _call(self, operation: str, service: str | None, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        with self._observer.call("docker", operation):
-            try:
-                return fn(*args, **kwargs)
-            except docker.errors.NotFound:
-                raise
-            except docker.errors.APIError as exc:
-                raise BackendError(operation, service, str(exc.explanation or exc)) from exc
-            except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
-                unreachable = isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout))
-                raise BackendError(operation, service, str(exc), unreachable=unreachable) from exc
+        # The one wrapper of every Docker call (latency, errors, unreachable or refused).
+        return self._docker._call(operation, service, fn, *args, **kwargs)
 
     # --- checks -----------------------------------------------------------------------------
 

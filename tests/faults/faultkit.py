@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from helpers import free_port
+from helpers import DaemonProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "out" / "fault-results.md"
@@ -67,44 +66,8 @@ initialization_seconds = 0
 
 
 @dataclass
-class RunningDaemon:
-    service: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    metrics_port: int
-    lb_port: int
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def status(self) -> dict[str, Any]:
-        return json.loads(self.get("/status")[1])["services"][self.service]
-
-    def metric(self, name: str, **labels: str) -> float | None:
-        wanted = {"service": self.service, **labels}
-        for line in self.get("/metrics")[1].splitlines():
-            if not line.startswith(name + "{") and not line.startswith(name + " "):
-                continue
-            found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
-            if all(found.get(k) == v for k, v in wanted.items()):
-                return float(line.rsplit(" ", 1)[1])
-        return None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout_seconds: float = 30) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout_seconds)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
+class RunningDaemon(DaemonProcess):
+    lb_port: int = 0
 
 
 @dataclass

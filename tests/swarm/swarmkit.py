@@ -3,20 +3,17 @@ manager, and their config."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker
 
-from helpers import free_port
+from helpers import DaemonProcess, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,56 +78,26 @@ initialization_seconds = 0
 
 
 @dataclass
-class SwarmDaemon:
-    service: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    metrics_port: int
-
-    def get(self, path: str) -> tuple[int, str]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def status(self) -> dict[str, Any]:
-        return json.loads(self.get("/status")[1])["services"][self.service]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout_seconds: float = 30) -> int:
-        self.process.terminate()
-        return self.process.wait(timeout=timeout_seconds)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
-@dataclass
 class SwarmDaemons:
     lab: Lab
     service: str
     tmp_path: Path
     lb_port: int = field(default_factory=free_port)
-    started: list[SwarmDaemon] = field(default_factory=list)
+    started: list[DaemonProcess] = field(default_factory=list)
 
     def config(self, **kwargs: Any) -> Path:
         path = self.tmp_path / "config.toml"
         path.write_text(swarm_config(self.service, self.lb_port, **kwargs))
         return path
 
-    def start(self, config: Path, name: str = "daemon") -> SwarmDaemon:
+    def start(self, config: Path, name: str = "daemon") -> DaemonProcess:
         port = free_port()
         log_path = self.tmp_path / f"{name}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "DOCKER_HOST": self.lab.docker_host,
                "AUTOSCALER_DAEMON__METRICS_LISTEN": f"127.0.0.1:{port}"}
         process = subprocess.Popen([sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
                                    stdout=log_path.open("ab"), stderr=subprocess.STDOUT, env=env)
-        daemon = SwarmDaemon(self.service, process, log_path, port)
+        daemon = DaemonProcess(self.service, process, log_path, port)
         self.started.append(daemon)
         return daemon
 
