@@ -139,11 +139,9 @@ class ServiceController(Membership, Acting):
         self.network = network
         self.dry_run = dry_run
         self._backend = backend
-        self._lb_factory = lb_factory
         self._telemetry = telemetry
         self._clock = clock
         self._wall_clock = wall_clock
-        self._sleep = sleep
         self._lease = lease
         self._ops = operations or Operations(name)
         self._lock = threading.RLock()

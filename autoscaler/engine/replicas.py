@@ -28,9 +28,6 @@ class Observation:
     in_flight: int = 0  # starts not finished yet
     pending: int = 0  # starts decided but held back (backoff, or no load balancer yet)
 
-    def in_state(self, state: str) -> list[ReplicaView]:
-        return [v for v in self.views if v.state == state]
-
     @property
     def active(self) -> list[ReplicaView]:
         """Replicas that count toward the current size: everything not on its way out."""
