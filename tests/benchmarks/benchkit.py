@@ -64,12 +64,14 @@ def remove_all(client: docker.DockerClient, service: str) -> None:
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda c: c.remove(force=True), containers))
     for network in client.networks.list(filters={"label": label}):
-        for _ in range(20):  # endpoints of just-removed containers go away a moment later
+        for _ in range(60):  # endpoints of just-removed containers go away a moment later
             try:
                 network.remove()
                 break
             except docker.errors.APIError:
                 time.sleep(0.5)
+        else:
+            print(f"benchkit: network {network.name} still has endpoints; remove it by its label {label}")
 
 
 def best_of(repeat: int, fn) -> float:  # type: ignore[no-untyped-def]
