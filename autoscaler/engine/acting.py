@@ -17,6 +17,7 @@ from autoscaler.engine.state import ReconcilerState
 from autoscaler.engine.replicas import ReplicaView, Tracked, choose_victims
 from autoscaler.lb.haproxy import ServerStat
 from autoscaler.model import Decision, History, TimedValue
+from autoscaler.policy.evaluate import record_scale
 
 log = logging.getLogger("autoscaler.engine")
 
@@ -83,17 +84,11 @@ class Acting(ReconcilerState):
         """The decided count becomes the count to keep; the rate rules' history learns what
         is started (now, corrected if a start fails) and what is drained (when it is)."""
         change = decision.desired - decision.current
-        if change > 0:
-            if not self._backend.orchestrated:
-                self._counted.extend([now] * change)
-            self._history = self._history._replace(
-                scale_up_events=self._history.scale_up_events + (TimedValue(now, change),)
-            )
-        elif change < 0 and self._backend.orchestrated:
-            # The orchestrator removes what it picks as soon as it is told: this is the scale-in.
-            self._history = self._history._replace(
-                scale_down_events=self._history.scale_down_events + (TimedValue(now, -change),)
-            )
+        if change > 0 and not self._backend.orchestrated:
+            self._counted.extend([now] * change)
+        if change > 0 or self._backend.orchestrated:
+            # An orchestrator removes what it picks as soon as it is told: that is the scale-in.
+            self._history = record_scale(self._history, now, decision.current, decision.desired)
         self._spec = decision.desired
 
     def _in_flight_starts(self) -> int:
@@ -132,9 +127,7 @@ class Acting(ReconcilerState):
                 for view in victims:
                     self._retire(config, view, now)
                 if victims:
-                    self._history = self._history._replace(
-                        scale_down_events=self._history.scale_down_events + (TimedValue(now, len(victims)),)
-                    )
+                    self._history = record_scale(self._history, now, len(victims), 0)
                     retired = {v.replica.name for v in victims}
                     views = [
                         ReplicaView(v.replica, "draining", v.server) if v.replica.name in retired else v

@@ -50,16 +50,6 @@ class Tracked:
     failed: bool = False
 
 
-def replica_state(server: ServerStat | None) -> str:
-    if server is None or server.maintenance:
-        return "starting"
-    if server.draining:
-        return "draining"
-    if server.serving:
-        return "ready"
-    return "starting"  # DOWN: health checks failing, no traffic: not ready
-
-
 def classify_exit(report: ExitReport, was_ready: bool) -> tuple[str, bool]:
     """(reason code, whether it counts toward the start backoff) for a replica that stopped.
 
