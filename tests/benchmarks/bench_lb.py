@@ -6,7 +6,7 @@ ratios (LB / direct). Goals (issue "Fast at 200 replicas"): throughput >= 0.8x d
 
 Two paths: /work?cpu_ms=1 (each request does 1 ms of CPU work in the replica, as a service does)
 and /healthz (no work at all: pure proxying; on a 2-core machine wrk, HAProxy and the replica
-then share the cores, so the extra hop costs throughput whatever HAProxy does).
+then share the cores, and the figures follow how fast one Python replica answers that day).
 
 "failed" counts timeouts, connect and write errors and non-2xx answers. wrk also counts a
 server's close after `Connection: close` as a read error; those requests were answered, so they

@@ -9,7 +9,7 @@ socket, polled every 20 ms). Goals (issue "Fast at 200 replicas"): the first new
 created and started at once with no daemon and no load balancer, until each answers /healthz
 itself (what the engine and the replicas' own start-up cost).
 
-    .venv/bin/python tests/benchmarks/bench_scaleout.py [--replicas 20] [--runs 2]
+    .venv/bin/python tests/benchmarks/bench_scaleout.py [--replicas 20] [--runs 5]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -70,7 +71,13 @@ def status(port: int, service: str) -> dict:
         return json.load(r)["services"][service]
 
 
-def one_run(count: int) -> tuple[float, float, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/<pid>/stat, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_run(count: int) -> tuple[float, float, int, float]:
     client = docker.from_env()
     service = f"bso{uuid.uuid4().hex[:6]}"
     lb_port, metrics_port = free_port(), free_port()
@@ -95,6 +102,7 @@ def one_run(count: int) -> tuple[float, float, float]:
         runtime = HAProxyRuntime(f"/run/autoscaler/autoscaler-{service}-lb.sock")
         before = set(runtime.servers())
         config.write_text(config_text(service, lb_port, metrics_port, count, count + 5))
+        cpu_before = cpu_seconds(daemon.pid)
         daemon.send_signal(signal.SIGHUP)
         decided_at = None
         up_at: dict[str, float] = {}
@@ -109,11 +117,12 @@ def one_run(count: int) -> tuple[float, float, float]:
                 if decision and decision["desired"] == count:
                     decided_at = decision["at"]
             time.sleep(0.02)
+        daemon_cpu = cpu_seconds(daemon.pid) - cpu_before
         assert decided_at is not None and len(up_at) == count - 1, (decided_at, len(up_at))
         times = sorted(t - decided_at for t in up_at.values())
         created = [c.attrs["Created"] for c in client.containers.list(
             filters={"label": [f"autoscaler.service={service}", "autoscaler.role=replica"]})]
-        return times[0], times[-1], len(created)
+        return times[0], times[-1], len(created), daemon_cpu
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(30)
@@ -156,16 +165,25 @@ def engine_floor(count: int) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--replicas", type=int, default=20)
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
+    new = args.replicas - 1
     print(f"scale-out 1 -> {args.replicas} (demo app, real engine and HAProxy), seconds after the decision")
+    firsts, lasts, floors = [], [], []
     for run in range(args.runs):
-        first, last, total = one_run(args.replicas)
-        floor_first, floor_last = engine_floor(args.replicas - 1)
-        print(f"run {run + 1}: first new replica serving {first:.2f} s, all {args.replicas - 1} new ones {last:.2f} s "
-              f"({total} replicas running); baseline, the same {args.replicas - 1} containers started at once and "
-              f"answering by themselves: first {floor_first:.2f} s, all {floor_last:.2f} s; ratio {last / floor_last:.2f}x")
-
+        first, last, total, daemon_cpu = one_run(args.replicas)
+        floor_first, floor_last = engine_floor(new)
+        firsts.append(first)
+        lasts.append(last)
+        floors.append(floor_last)
+        print(f"run {run + 1}: first new replica serving {first:.2f} s, all {new} new ones {last:.2f} s "
+              f"({total} replicas running; the daemon used {daemon_cpu:.2f} s of CPU meanwhile); baseline, the same "
+              f"{new} containers started at once and answering by themselves: first {floor_first:.2f} s, "
+              f"all {floor_last:.2f} s; ratio {last / floor_last:.2f}x")
+    # Runs alternate with their baselines, so a busier moment of the shared machine hits both.
+    print(f"median of {args.runs} runs: first {statistics.median(firsts):.2f} s (goal < 2 s), all {new} "
+          f"{statistics.median(lasts):.2f} s (goal < 3 s; under it in {sum(t < 3 for t in lasts)} of {args.runs}); "
+          f"baseline all {statistics.median(floors):.2f} s; ratio {statistics.median(lasts) / statistics.median(floors):.2f}x")
 
 if __name__ == "__main__":
     main()
