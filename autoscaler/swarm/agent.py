@@ -156,14 +156,29 @@ def _api_stats(client: docker.DockerClient, container_id: str) -> StatsReading |
         return None
 
 
-def collect(client: docker.DockerClient, reader: CgroupReader) -> list[TaskStats]:
+def collect(
+    client: docker.DockerClient, reader: CgroupReader, inspected: dict[str, _Task] | None = None
+) -> list[TaskStats]:
     """The running Swarm task containers of the local engine with their CPU and memory: from
     their cgroup files, else one-shot Docker API stats. A container that vanished meanwhile is
     left out; an engine that does not answer raises (docker.errors.DockerException or
-    requests.exceptions.RequestException)."""
+    requests.exceptions.RequestException).
+
+    `inspected` keeps what inspect said of each container between scrapes: a task container's
+    name, labels, image and limits do not change while it runs (Swarm replaces a task, it does
+    not update it), so each one is inspected once instead of at every scrape."""
     listed = client.containers.list(filters={"label": TASK_ID_LABEL, "status": "running"}, sparse=True)
-    reader.forget({container.id for container in listed})  # memory stays bounded as tasks come and go
-    tasks = [task for task in (_inspect(client, container.id) for container in listed) if task is not None]
+    listed_ids = {container.id for container in listed}
+    reader.forget(listed_ids)  # memory stays bounded as tasks come and go
+    known = inspected if inspected is not None else {}
+    for gone in set(known) - listed_ids:
+        known.pop(gone, None)  # pop: two scrapes at once may both prune it
+    tasks: list[_Task] = []
+    for container in listed:
+        task = known.get(container.id) or _inspect(client, container.id)
+        if task is not None:
+            known[container.id] = task
+            tasks.append(task)
     readings: dict[str, StatsReading | None] = {}
     for task in tasks:
         if not reader.known(task.container_id):
@@ -335,8 +350,9 @@ def run_agent(listen_host: str, listen_port: int) -> int:
 
 def _serve(client: docker.DockerClient, listen_host: str, listen_port: int, stop: _StopFlag) -> int:
     reader = CgroupReader(host_mounts())
+    inspected: dict[str, _Task] = {}
     registry = CollectorRegistry()
-    registry.register(AgentCollector(lambda: collect(client, reader)))
+    registry.register(AgentCollector(lambda: collect(client, reader, inspected)))
     try:
         server, thread = start_http_server(listen_port, addr=listen_host, registry=registry)
     except OSError as exc:

@@ -63,8 +63,10 @@ class FakeAPI:
     def __init__(self, engine: FakeEngine) -> None:
         self.engine = engine
         self.stats_calls: list[str] = []
+        self.inspect_calls: list[str] = []
 
     def inspect_container(self, container_id: str) -> dict[str, Any]:
+        self.inspect_calls.append(container_id)
         if container_id in self.engine.gone_before_inspect or container_id not in self.engine.inspect:
             raise docker.errors.NotFound("No such container")
         return self.engine.inspect[container_id]
@@ -118,7 +120,7 @@ class FakeEngine:
 
 def write_v2(root: Path, container_id: str, usage_usec: int, current_bytes: int, inactive_bytes: int) -> None:
     directory = root / "system.slice" / f"docker-{container_id}.scope"
-    directory.mkdir(parents=True)
+    directory.mkdir(parents=True, exist_ok=True)
     (directory / "cpu.stat").write_text(f"usage_usec {usage_usec}\nuser_usec 1\nsystem_usec 2\n")
     (directory / "memory.current").write_text(f"{current_bytes}\n")
     (directory / "memory.stat").write_text(f"anon 1\ninactive_file {inactive_bytes}\n")
@@ -224,6 +226,32 @@ def test_collect_mixes_sources_and_forgets_gone_containers(tmp_path: Path) -> No
     engine.listed = [cid(2)]
     assert [t.task_id for t in collect(engine, reader)] == ["task2"]  # type: ignore[arg-type]
     assert not reader.known(cid(1)), "what the reader knew of a gone task is dropped"
+
+
+def test_collect_inspects_each_task_container_once_while_it_runs(tmp_path: Path) -> None:
+    engine = FakeEngine()
+    for n in (1, 2):
+        write_v2(tmp_path, cid(n), usage_usec=n * 1_000_000, current_bytes=10 * MiB, inactive_bytes=0)
+        engine.add(n, pid=0)
+    reader = v2_reader(tmp_path)
+    inspected: dict[str, Any] = {}
+
+    first = collect(engine, reader, inspected)  # type: ignore[arg-type]
+    write_v2(tmp_path, cid(1), usage_usec=4_000_000, current_bytes=10 * MiB, inactive_bytes=0)
+    second = collect(engine, reader, inspected)  # type: ignore[arg-type]
+
+    assert sorted(engine.api.inspect_calls) == [cid(1), cid(2)], "inspected at the first scrape only"
+    assert [t.cpu_seconds_total for t in first] == [1.0, 2.0]
+    assert [t.cpu_seconds_total for t in second] == [4.0, 2.0], "readings are fresh at every scrape"
+    assert [t.task_id for t in second] == ["task1", "task2"]
+
+    engine.listed = [cid(2)]
+    engine.add(3, pid=0)  # listed from now on: a new task
+    write_v2(tmp_path, cid(3), usage_usec=1_000_000, current_bytes=10 * MiB, inactive_bytes=0)
+    engine.listed = [cid(2), cid(3)]
+    assert [t.task_id for t in collect(engine, reader, inspected)] == ["task2", "task3"]  # type: ignore[arg-type]
+    assert set(inspected) == {cid(2), cid(3)}, "a gone container is forgotten"
+    assert engine.api.inspect_calls.count(cid(3)) == 1
 
 
 def test_collect_raises_when_the_engine_does_not_answer(tmp_path: Path) -> None:
