@@ -125,6 +125,17 @@ class TimedValue(NamedTuple):
 
 
 _at_seconds = attrgetter("at_seconds")
+
+
+def _window_head(stack: list[TimedValue], head: int, cutoff_seconds: float) -> int:
+    """Index of the first stack entry newer than cutoff_seconds, from the previous one: forward
+    while cutoffs move forward (amortized O(1)), by bisection when one moved back. The stack's
+    last entry is newer than the cutoff."""
+    if head and stack[head - 1].at_seconds > cutoff_seconds:
+        return bisect_right(stack, cutoff_seconds, key=_at_seconds)
+    while stack[head].at_seconds <= cutoff_seconds:
+        head += 1
+    return head
 _value = attrgetter("value")
 # Makes a Recommendations view of a list that exists already, without __init__'s copy.
 _new_object = object.__new__
@@ -202,27 +213,14 @@ class _Log:
         newest = self.entries[-1].at_seconds
         lowest = highest = None
         # The newest entry ends both stacks, so a window without it is empty (the up window of
-        # 0 s). Else the window starts at the first stack entry newer than the cutoff: found
-        # from where the last cutoff fell, forward while cutoffs move forward (amortized O(1)),
-        # by bisection when one moved back (a changed window, a clock set back).
+        # 0 s). Else the window starts at the first stack entry newer than the cutoff; a cutoff
+        # moves back when the window changed or the clock was set back.
         if newest > low_cutoff_seconds:
-            lows, head = self.lows, self.low_head
-            if head and lows[head - 1].at_seconds > low_cutoff_seconds:
-                head = bisect_right(lows, low_cutoff_seconds, key=_at_seconds)
-            else:
-                while lows[head].at_seconds <= low_cutoff_seconds:
-                    head += 1
-            self.low_head = head
-            lowest = lows[head].value
+            self.low_head = _window_head(self.lows, self.low_head, low_cutoff_seconds)
+            lowest = self.lows[self.low_head].value
         if newest > high_cutoff_seconds:
-            highs, head = self.highs, self.high_head
-            if head and highs[head - 1].at_seconds > high_cutoff_seconds:
-                head = bisect_right(highs, high_cutoff_seconds, key=_at_seconds)
-            else:
-                while highs[head].at_seconds <= high_cutoff_seconds:
-                    head += 1
-            self.high_head = head
-            highest = highs[head].value
+            self.high_head = _window_head(self.highs, self.high_head, high_cutoff_seconds)
+            highest = self.highs[self.high_head].value
         return lowest, highest
 
 
