@@ -301,7 +301,8 @@ def simulate(
     policy, notes = policy_for_trace(service, trace)
     plan = plan_of(policy)
     initialization_seconds = policy.initialization_seconds
-    target = policy.target_cpu_percent
+    # None only where the CPU target was switched off: no step is then above it.
+    target = policy.target_cpu_percent if policy.target_cpu_percent is not None else math.inf
     cpu_limit = service.cpu_limit
     memory_limit = service.memory_limit
     schedule = ScheduledBounds(service)
@@ -453,7 +454,8 @@ def plot(result: Result, service: ServiceConfig, path: str | os.PathLike[str], t
     hours = [r[0] / 3600 for r in result.rows]
     demand = [r[1] for r in result.rows]
     capacity = [r[2] * service.cpu_limit for r in result.rows]
-    target_capacity = [c * service.policy.target_cpu_percent / 100 for c in capacity]
+    target_percent = service.policy.target_cpu_percent or 100.0  # no CPU target: the whole capacity
+    target_capacity = [c * target_percent / 100 for c in capacity]
     replicas = [r[2] for r in result.rows]
     fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(12, 6), height_ratios=(2, 1))
     top.plot(hours, demand, label="demand (cores)", color="tab:red", linewidth=0.8)

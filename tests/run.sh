@@ -18,4 +18,6 @@ fi
 
 bash "$repo/deploy/setup.sh"
 cd "$repo"
+# The type checker first: strict on autoscaler/ (pyproject.toml), a second or so.
+.venv/bin/python -m mypy
 exec .venv/bin/python -m pytest "${@:-tests}"

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from autoscaler.docker.stats import StatsReading
+from autoscaler.engine.ports import StatsReading
 
 # How deep the search by id goes below a hierarchy's mount point: docker/<id> (cgroupfs) and
 # system.slice/docker-<id>.scope (systemd) are at depth 2; nested set-ups add a level or two.

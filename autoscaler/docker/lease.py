@@ -20,7 +20,8 @@ import docker
 import docker.errors
 import requests.exceptions
 
-from autoscaler.docker.backend import LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE, BackendError, is_owned
+from autoscaler.docker.labels import LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE, is_owned
+from autoscaler.engine.ports import BackendError
 from autoscaler.instrument import NULL_OBSERVER, CallObserver
 
 log = logging.getLogger("autoscaler.lease")
@@ -160,7 +161,7 @@ class Lease:
         if not is_owned(labels, self.service):
             return f"a container named {lease_name(self.service)} that is not ours"
         if info["State"].get("Running"):
-            return labels.get(LABEL_OWNER, "another daemon")
+            return str(labels.get(LABEL_OWNER, "another daemon"))
         try:
             api.remove_container(info["Id"], force=True)
         except docker.errors.NotFound:

@@ -7,23 +7,14 @@ host's CPUs, is the number of cores used; divided by the replica's own limit it 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+
+from autoscaler.engine.ports import StatsReading
 
 
 class StatsFormatError(ValueError):
     """The engine answered with a stats document we cannot read."""
-
-
-@dataclass(frozen=True)
-class StatsReading:
-    cpu_total_ns: int  # cumulative CPU time of the container
-    system_cpu_ns: int | None  # cumulative CPU time of the host (all CPUs), same instant
-    online_cpus: int
-    read_at_seconds: float  # the engine's timestamp of this reading (epoch seconds)
-    memory_used_bytes: int | None  # usage minus inactive page cache, as `docker stats` shows
-    memory_limit_bytes: int | None
 
 
 def parse_docker_time(text: str) -> float:

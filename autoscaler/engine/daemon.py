@@ -22,14 +22,25 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from autoscaler import __version__
 from autoscaler.config import ConfigError, Settings, load_config
-from autoscaler.docker.backend import BackendError, DockerBackend, LoadBalancer, Unusable
+from autoscaler.docker.backend import DockerBackend
 from autoscaler.docker.lease import Lease
 from autoscaler.engine import backoff as bo
-from autoscaler.engine.controller import PROGRESS_SECONDS, LoadBalancerAPI, ReplicaBackend, ServiceController
+from autoscaler.engine import wiring
+from autoscaler.engine.controller import PROGRESS_SECONDS, ServiceController, TargetFactory
 from autoscaler.engine.operations import Operations
+from autoscaler.engine.ports import (
+    BackendError,
+    LoadBalancer,
+    LoadBalancerAPI,
+    LoadBalancerHost,
+    MembershipError,
+    MetricsSource,
+    Networks,
+    Unusable,
+)
 from autoscaler.engine.reload import changes as reload_changes
 from autoscaler.engine.reload import describe, restart_reason
-from autoscaler.lb.haproxy import HAProxyError, HAProxyRuntime
+from autoscaler.lb.haproxy import HAProxyRuntime
 from autoscaler.logs import setup_logging
 from autoscaler.swarm.backend import SwarmBackend
 from autoscaler.telemetry import MetricsServer, Telemetry, json_route
@@ -120,7 +131,7 @@ class Daemon:
                     if controller.acquire_lease() is not None:
                         continue  # standing by: a pass takes the lease and sets up when it is free
                     created.append((controller, controller.setup()))
-                except (BackendError, HAProxyError) as exc:
+                except (BackendError, MembershipError) as exc:
                     raise StartupError(f"service {name!r}: {exc}", exit_code=2 if isinstance(exc, Unusable) else 1) from exc
         except StartupError:
             # Leave nothing half-made: what this start created goes again, leases are released.
@@ -151,8 +162,8 @@ class Daemon:
         """Refuses what the engine cannot run before anything is created (exit 2, key named)."""
         services = self.settings.services
         try:
-            cpus, memory_bytes = backend.capacity()
-            missing = backend.missing_images(
+            cpus, memory_bytes = backend.engine.capacity()
+            missing = backend.engine.missing_images(
                 [s.image for s in services.values()] + [s.load_balancer.image for s in services.values()]
             )
         except BackendError as exc:
@@ -181,8 +192,9 @@ class Daemon:
         if not swarm_services:
             return
         daemon = self.settings.daemon
-        self.swarm = SwarmBackend(backend, observer=self.telemetry, agent_port=daemon.swarm_agent_port,
-                                  agent_image=daemon.swarm_agent_image, on_agent=self.telemetry.record_agent)
+        self.swarm = SwarmBackend(backend.engine, backend.admin, observer=self.telemetry,
+                                  agent_port=daemon.swarm_agent_port, agent_image=daemon.swarm_agent_image,
+                                  on_agent=self.telemetry.record_agent)
         try:
             self.swarm.check_manager()
         except BackendError as exc:
@@ -204,9 +216,26 @@ class Daemon:
             raise StartupError(f"daemon.metrics_listen {host}:{port}: cannot listen ({exc})") from exc
 
     def _make_controller(self, name: str) -> ServiceController:
+        """The one place that chooses each service's parts: its scale target, its load balancer's
+        host, its metrics source and network, from the service's `backend`."""
         assert self.backend is not None
         telemetry = self.telemetry
         service = self.settings.services[name]
+        docker = self.backend
+        # A finished start is registered right away, not at the next progress step.
+        operations = Operations(name, notify=lambda: self._wake_progress(name))
+        target: TargetFactory
+        host: LoadBalancerHost
+        metrics: MetricsSource
+        networks: Networks
+        if service.backend == "swarm":
+            assert self.swarm is not None
+            swarm = self.swarm
+            target = wiring.orchestrated(swarm.services)
+            host, metrics, networks = swarm.load_balancers, swarm.metrics, swarm.networks
+        else:
+            target = wiring.containers(docker.containers, operations)
+            host, metrics, networks = docker.load_balancers, docker.metrics, docker.networks
 
         def lb_factory(lb: LoadBalancer) -> LoadBalancerAPI:
             return HAProxyRuntime(lb.admin_socket, observer=telemetry)
@@ -214,19 +243,11 @@ class Daemon:
         lease = None
         if not self.dry_run:
             # The lease container runs `cat` from the load balancer's image, which must exist anyway.
-            lease = Lease(self.backend.client, name, service.load_balancer.image, observer=telemetry)
-        backend: ReplicaBackend = self.swarm if service.backend == "swarm" and self.swarm is not None else self.backend
+            lease = Lease(docker.client, name, service.load_balancer.image, observer=telemetry)
         return ServiceController(
-            name,
-            service,
-            self.settings.network_for(name),
-            backend,
-            lb_factory,
-            self.telemetry,
-            dry_run=self.dry_run,
-            lease=lease,
-            # A finished start is registered right away, not at the next progress step.
-            operations=Operations(name, notify=lambda: self._wake_progress(name)),
+            name, service, self.settings.network_for(name),
+            target=target, gate=wiring.load_balancer(host, lb_factory), metrics=metrics, networks=networks, telemetry=telemetry,
+            dry_run=self.dry_run, lease=lease, operations=operations,
         )
 
     def _wake_progress(self, name: str) -> None:
@@ -243,25 +264,21 @@ class Daemon:
         )
 
     def _cycle(self, name: str) -> None:
+        self._run(name, "cycle", ServiceController.run_cycle)
+
+    def _progress(self, name: str) -> None:
+        self._run(name, "progress step", ServiceController.progress)
+
+    def _run(self, name: str, what: str, step: Callable[[ServiceController], object]) -> None:
         controller = self.controllers.get(name)
         if controller is None or self.should_exit.is_set():
             return
         try:
-            controller.run_cycle()
+            step(controller)
         except Exception:
             # The loop boundary: one bad pass is logged and counted, the next one runs.
             self.telemetry.loop_errors.labels(name).inc()
-            log.exception("cycle failed", extra={"service": name})
-
-    def _progress(self, name: str) -> None:
-        controller = self.controllers.get(name)
-        if controller is None or self.should_exit.is_set():
-            return
-        try:
-            controller.progress()
-        except Exception:
-            self.telemetry.loop_errors.labels(name).inc()
-            log.exception("progress step failed", extra={"service": name})
+            log.exception("%s failed", what, extra={"service": name})
 
     # --- reload ---------------------------------------------------------------------------
 
@@ -346,7 +363,7 @@ class Daemon:
                 problems.append(f"{name}: not evaluated yet")
             elif now - at > stale_after:
                 problems.append(f"{name}: last evaluation {now - at:.0f}s ago")
-        if self.backend is None or not self.backend.ping():
+        if self.backend is None or not self.backend.engine.ping():
             problems.append("docker: engine not reachable")
         if problems:
             return 503, "text/plain; charset=utf-8", ("not ready\n" + "\n".join(problems) + "\n").encode()

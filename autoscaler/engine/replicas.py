@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, Union
 
-from autoscaler.docker.backend import ExitReport, Replica
-from autoscaler.lb.haproxy import BackendStat, ServerStat
+from autoscaler.engine.ports import BackendStat, ExitReport, Replica, ServerStat
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,18 @@ class ReplicaView:
     replica: Replica
     state: str  # ready | starting | draining
     server: ServerStat | None
+
+
+@dataclass(frozen=True)
+class Unhealthy:
+    """A replica out of rotation for longer than its startup timeout allows."""
+
+    why: str  # e.g. "check L4CON", "paused"
+
+
+# What a gate's step says of a replica besides a view: "gone" (not shown this pass: being
+# removed, or its drain is finishing), "drained" (out of the load balancer: the target stops it).
+Step = Union[ReplicaView, Unhealthy, Literal["gone", "drained"]]
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,19 @@ def classify_exit(report: ExitReport, was_ready: bool) -> tuple[str, bool]:
     if report.exit_code in (0, 143, 137):
         return "stopped", False
     return "crashed", True
+
+
+def timed_out(tracked: Tracked, timeout_seconds: float, now: float, now_wall: float) -> bool:
+    """Whether a replica out of rotation has had timeout_seconds to get healthy.
+
+    A starting one counts from its creation and from when this controller first saw it (an
+    adopted replica gets a fresh chance); one that served counts from when it stopped.
+    """
+    if tracked.unhealthy_since is not None:
+        return now - tracked.unhealthy_since > timeout_seconds
+    seen = tracked.registered_at if tracked.registered_at is not None else tracked.first_seen_at
+    return (now - tracked.first_seen_at > timeout_seconds and now - seen > timeout_seconds
+            and now_wall - tracked.created_at_wall > timeout_seconds)
 
 
 def in_transition(tracked: Tracked) -> bool:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from autoscaler.config import ServiceConfig
-from autoscaler.docker.stats import StatsReading, cpu_percent, memory_percent
+from autoscaler.docker.stats import cpu_percent, memory_percent
+from autoscaler.engine.ports import StatsReading
 from autoscaler.engine.replicas import Observation
 from autoscaler.model import ReplicaSample, ServiceSnapshot
 from autoscaler.telemetry import ReplicaMetrics

@@ -10,60 +10,24 @@ from __future__ import annotations
 import csv
 import io
 import socket
-from dataclasses import dataclass
 
+from autoscaler.engine.ports import BackendStat, MembershipError, ServerStat
+from autoscaler.engine.ports import ServerBusy as PortServerBusy
 from autoscaler.instrument import NULL_OBSERVER, CallObserver
+
+__all__ = ["BACKEND", "BackendStat", "HAProxyError", "HAProxyRuntime", "ServerBusy", "ServerStat"]
 
 BACKEND = "replicas"  # the backend name in deploy/haproxy/haproxy.cfg
 
 
-class HAProxyError(Exception):
+class HAProxyError(MembershipError):
     def __init__(self, operation: str, message: str) -> None:
         self.operation = operation
         super().__init__(f"haproxy {operation}: {message}")
 
 
-class ServerBusy(HAProxyError):
+class ServerBusy(HAProxyError, PortServerBusy):
     """A server cannot be deleted yet: connections are still attached to it."""
-
-
-@dataclass(frozen=True)
-class ServerStat:
-    name: str
-    address: str  # "ip:port"
-    status: str  # UP, DOWN, MAINT, DRAIN, NOLB, "UP 1/2", ...
-    check_status: str  # L7OK, L4CON, INI, ...
-    sessions_current: int
-    sessions_total: int
-    request_rate: float  # requests in the last second (req_rate)
-    response_time_ms: float | None  # mean of the last 1024 responses (rtime)
-    queue_current: int
-    http_5xx_total: int
-
-    @property
-    def maintenance(self) -> bool:
-        return self.status.startswith("MAINT")
-
-    @property
-    def draining(self) -> bool:
-        return self.status.startswith("DRAIN")
-
-    @property
-    def check_passed(self) -> bool:
-        return self.check_status in ("L7OK", "L6OK", "L4OK")
-
-    @property
-    def serving(self) -> bool:
-        """In rotation and healthy: gets new traffic."""
-        return self.status.startswith("UP") and not self.maintenance
-
-
-@dataclass(frozen=True)
-class BackendStat:
-    queue_current: int
-    sessions_current: int
-    request_rate: float
-    response_time_ms: float | None
 
 
 def _int(value: str) -> int:

@@ -160,8 +160,8 @@ def evaluate(
         ), history
 
     proposals = [] if snapshot.metrics_error else proposals_for(snapshot, plan, current)
-    valid = []
-    invalid = []
+    valid: list[MetricProposal] = []
+    invalid: list[MetricProposal] = []
     for proposal in proposals:
         (invalid if proposal.proposal is None else valid).append(proposal)
 

@@ -30,7 +30,8 @@ def _first_fire_after(window: ScheduleWindow, moment: datetime) -> datetime | No
     without a fraction.
     """
     after = moment.astimezone(_UTC).replace(microsecond=0) + _RESOLUTION
-    return _trigger(window.cron, window.timezone).get_next_fire_time(None, after)
+    fire: datetime | None = _trigger(window.cron, window.timezone).get_next_fire_time(None, after)
+    return fire
 
 
 def _last_open(window: ScheduleWindow, now: datetime) -> datetime | None:

@@ -31,7 +31,8 @@ from prometheus_client.registry import Collector
 
 from autoscaler import __version__
 from autoscaler.docker.cgroups import CgroupReader, host_mounts
-from autoscaler.docker.stats import StatsFormatError, StatsReading, parse_stats
+from autoscaler.docker.stats import StatsFormatError, parse_stats
+from autoscaler.engine.ports import StatsReading
 
 log = logging.getLogger("autoscaler.agent")
 

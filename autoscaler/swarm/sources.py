@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from prometheus_client.parser import text_string_to_metric_families
 
 from autoscaler.config import PrometheusSourceConfig
-from autoscaler.docker.stats import StatsReading
+from autoscaler.engine.ports import StatsReading
 
 log = logging.getLogger("autoscaler.swarm")
 
@@ -305,7 +305,7 @@ def _parse_vector(where: str, document: Any, task_label: str) -> dict[str, tuple
     result_type = data.get("resultType") if isinstance(data, dict) else None
     if result_type != "vector":
         raise SourceError(f"{where}: returned a {result_type or 'missing'} result, not an instant vector")
-    series = data.get("result")
+    series = data.get("result") if isinstance(data, dict) else None
     if not isinstance(series, list):
         raise SourceError(f"{where}: the result is not a list of series")
     values: dict[str, tuple[float, float]] = {}

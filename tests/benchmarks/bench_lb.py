@@ -27,7 +27,8 @@ import uuid
 
 import docker
 
-from autoscaler.docker.backend import DockerBackend, LoadBalancerSpec, ReplicaSpec
+from autoscaler.docker.backend import DockerBackend
+from autoscaler.engine.ports import LoadBalancerSpec, ReplicaSpec
 from autoscaler.lb.haproxy import HAProxyRuntime
 from benchkit import remove_all
 
@@ -71,15 +72,16 @@ def main() -> None:
     network = f"autoscaler-{service}"
     backend = DockerBackend(client)
     try:
-        backend.ensure_network(service, network)
+        backend.networks.ensure_network(service, network)
         port = free_port()
-        lb, _ = backend.ensure_load_balancer(
+        lb, _ = backend.load_balancers.ensure_load_balancer(
             LoadBalancerSpec(service, "autoscaler-haproxy:latest", network, "127.0.0.1", port, "/healthz"))
         runtime = HAProxyRuntime(lb.admin_socket)
         while not runtime.ping():
             time.sleep(0.1)
-        replica = backend.start_replica(
-            ReplicaSpec(service, "autoscaler-demo-app:latest", 8000, network, 1.0, 256 * 1024 * 1024))
+        replica = backend.containers.start_replica(
+            ReplicaSpec(service, "autoscaler-demo-app:latest", 8000, network, 1.0, 256 * 1024 * 1024),
+            backend.containers.new_replica_name(service))
         runtime.add_server(replica.name, replica.ip, 8000)  # type: ignore[arg-type]
         runtime.enable_health(replica.name)
         while not runtime.servers()[replica.name].check_passed:

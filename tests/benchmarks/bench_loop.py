@@ -35,7 +35,9 @@ from prometheus_client import CollectorRegistry
 
 from autoscaler.config import ServiceConfig
 from autoscaler.docker.backend import DockerBackend
+from autoscaler.engine import wiring
 from autoscaler.engine.controller import ServiceController
+from autoscaler.engine.operations import Operations
 from autoscaler.lb.haproxy import HAProxyRuntime
 from autoscaler.telemetry import Telemetry
 from benchkit import IMAGE, ensure_image, remove_all, remove_image
@@ -170,9 +172,11 @@ def soak(passes: int, count: int) -> None:
     # Passes run back to back, but the policy's windows are in seconds: its clock moves one
     # interval (1 s) per pass, so its history is pruned as in a daemon at interval 1 s.
     simulated = [time.monotonic()]
-    controller = ServiceController(service, config, f"autoscaler-{service}", backend,
-                                   lambda lb: HAProxyRuntime(lb.admin_socket), telemetry,
-                                   clock=lambda: simulated[0])
+    controller = ServiceController(
+        service, config, f"autoscaler-{service}",
+        target=wiring.containers(backend.containers, Operations(service)),
+        gate=wiring.load_balancer(backend.load_balancers, lambda lb: HAProxyRuntime(lb.admin_socket)),
+        metrics=backend.metrics, networks=backend.networks, telemetry=telemetry, clock=lambda: simulated[0])
     try:
         controller.setup()
         deadline = time.time() + 600

@@ -40,13 +40,13 @@ def main(counts: list[int]) -> None:
             cli = best_of(3, lambda: subprocess.run(
                 ["docker", "stats", "--no-stream", "--format", "{{.ID}} {{.CPUPerc}} {{.MemUsage}}", *ids],
                 check=True, capture_output=True))
-            first = best_of(1, lambda: cgroup_backend.read_stats(service, ids))  # locates the files once
-            cgroup = best_of(3, lambda: cgroup_backend.read_stats(service, ids))
-            readings = cgroup_backend.read_stats(service, ids)
+            first = best_of(1, lambda: cgroup_backend.metrics.read_stats(service, ids))  # locates the files once
+            cgroup = best_of(3, lambda: cgroup_backend.metrics.read_stats(service, ids))
+            readings = cgroup_backend.metrics.read_stats(service, ids)
             assert all(readings[i] is not None for i in ids), "every replica read"
-            api = best_of(3, lambda: api_backend.read_stats(service, ids))
+            api = best_of(3, lambda: api_backend.metrics.read_stats(service, ids))
             print(f"{count:>8}  {cli:>10.3f} s  {cgroup * 1000:>7.1f} ms {cgroup / cli:>5.3f}x  "
-                  f"{api:>7.3f} s {api / cli:>5.2f}x  {cgroup_backend.stats_source(service)} "
+                  f"{api:>7.3f} s {api / cli:>5.2f}x  {cgroup_backend.metrics.stats_source(service)} "
                   f"(first cycle, locating the files: {first * 1000:.0f} ms)")
     finally:
         remove_all(client, service)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import docker
 
-from autoscaler.docker.backend import DockerBackend, Replica, ReplicaSpec
+from autoscaler.docker.backend import DockerBackend
+from autoscaler.engine.ports import Replica, ReplicaSpec
 
 IMAGE = "autoscaler-bench-replica:latest"
 
@@ -52,10 +53,11 @@ def remove_image(client: docker.DockerClient) -> None:
 
 def start_replicas(backend: DockerBackend, service: str, network: str, count: int,
                    cpu_limit_cores: float = 0.1, workers: int = 16) -> list[Replica]:
-    backend.ensure_network(service, network)
+    backend.networks.ensure_network(service, network)
     spec = ReplicaSpec(service, IMAGE, 8000, network, cpu_limit_cores, 32 * 1024 * 1024)
     with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda _: backend.start_replica(spec), range(count)))
+        return list(pool.map(lambda _: backend.containers.start_replica(spec, backend.containers.new_replica_name(service)),
+                             range(count)))
 
 
 def remove_all(client: docker.DockerClient, service: str) -> None:

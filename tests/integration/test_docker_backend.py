@@ -12,14 +12,9 @@ from collections.abc import Iterator
 import pytest
 from testcontainers.core.container import DockerContainer
 
-from autoscaler.docker.backend import (
-    LABEL_MANAGED,
-    LABEL_ROLE,
-    LABEL_SERVICE,
-    BackendError,
-    DockerBackend,
-    ReplicaSpec,
-)
+from autoscaler.docker.backend import DockerBackend
+from autoscaler.docker.labels import LABEL_MANAGED, LABEL_ROLE, LABEL_SERVICE
+from autoscaler.engine.ports import BackendError, Replica, ReplicaSpec
 from autoscaler.docker.stats import cpu_cores_used, cpu_percent, memory_percent
 
 pytestmark = pytest.mark.docker
@@ -32,6 +27,10 @@ def spec(service: str, network: str) -> ReplicaSpec:
         service=service, image=APP_IMAGE, port=8000, network=network,
         cpu_limit_cores=0.25, memory_limit_bytes=128 * 1024 * 1024,
     )
+
+
+def start(backend: DockerBackend, replica: ReplicaSpec) -> Replica:
+    return backend.containers.start_replica(replica, backend.containers.new_replica_name(replica.service))
 
 
 class ConcurrencyProbe:
@@ -63,7 +62,7 @@ def probe() -> ConcurrencyProbe:
 def backend(docker_client, probe: ConcurrencyProbe):  # type: ignore[no-untyped-def]
     backend = DockerBackend(docker_client, observer=probe)
     yield backend
-    backend._stats_pool.shutdown(wait=True)  # the client belongs to the session fixture
+    backend.metrics.close()  # the client belongs to the session fixture
 
 
 @pytest.fixture
@@ -71,17 +70,17 @@ def api_backend(docker_client, probe: ConcurrencyProbe):  # type: ignore[no-unty
     """Stats through the Docker API only, as on a host whose cgroup files we cannot read."""
     backend = DockerBackend(docker_client, observer=probe, cgroups=False)
     yield backend
-    backend._stats_pool.shutdown(wait=True)
+    backend.metrics.close()
 
 
 def test_create_list_adopt_remove(backend: DockerBackend, docker_client, service_name: str) -> None:  # type: ignore[no-untyped-def]
     network = f"autoscaler-{service_name}"
-    backend.ensure_network(service_name, network)
-    backend.ensure_network(service_name, network)  # idempotent
+    backend.networks.ensure_network(service_name, network)
+    backend.networks.ensure_network(service_name, network)  # idempotent
     assert len(docker_client.networks.list(names=[network])) == 1
 
-    first = backend.start_replica(spec(service_name, network))
-    second = backend.start_replica(spec(service_name, network))
+    first = start(backend, spec(service_name, network))
+    second = start(backend, spec(service_name, network))
     info = docker_client.api.inspect_container(first.id)
     labels = info["Config"]["Labels"]
     assert labels[LABEL_MANAGED] == "true"
@@ -93,13 +92,13 @@ def test_create_list_adopt_remove(backend: DockerBackend, docker_client, service
     assert first.ip is not None
 
     # A second backend (a restarted daemon) finds the same replicas by label.
-    adopted = DockerBackend(docker_client).list_replicas(service_name, network)
+    adopted = DockerBackend(docker_client).containers.list_replicas(service_name, network)
     assert {r.id for r in adopted} == {first.id, second.id}
     assert all(r.running and r.ip for r in adopted)
 
-    backend.remove_replica(service_name, first.id, stop_timeout_seconds=10)
-    assert [r.id for r in backend.list_replicas(service_name, network)] == [second.id]
-    backend.remove_replica(service_name, first.id, 10)  # already gone: no error
+    backend.containers.remove_replica(service_name, first.id, stop_timeout_seconds=10)
+    assert [r.id for r in backend.containers.list_replicas(service_name, network)] == [second.id]
+    backend.containers.remove_replica(service_name, first.id, 10)  # already gone: no error
 
     # With an init as PID 1 the app gets SIGTERM and ends (0, or 143 if it had not yet set its
     # handler), instead of ignoring it until the engine sends SIGKILL after the timeout (137).
@@ -110,19 +109,19 @@ def test_create_list_adopt_remove(backend: DockerBackend, docker_client, service
 def test_never_touches_a_container_it_does_not_own(backend: DockerBackend, service_name: str) -> None:
     with DockerContainer(APP_IMAGE).with_command("python3 /app/server.py") as foreign:
         foreign_id = foreign.get_wrapped_container().id
-        assert backend.list_replicas(service_name, "bridge") == []
+        assert backend.containers.list_replicas(service_name, "bridge") == []
         with pytest.raises(BackendError, match="not ours"):
-            backend.remove_replica(service_name, foreign_id, 1)
+            backend.containers.remove_replica(service_name, foreign_id, 1)
         foreign.get_wrapped_container().reload()
         assert foreign.get_wrapped_container().status == "running"
 
 
 def test_exited_replica_is_listed_as_not_running(backend: DockerBackend, docker_client, service_name: str) -> None:  # type: ignore[no-untyped-def]
     network = f"autoscaler-{service_name}"
-    backend.ensure_network(service_name, network)
-    replica = backend.start_replica(spec(service_name, network))
+    backend.networks.ensure_network(service_name, network)
+    replica = start(backend, spec(service_name, network))
     docker_client.api.kill(replica.id)
-    [listed] = backend.list_replicas(service_name, network)
+    [listed] = backend.containers.list_replicas(service_name, network)
     assert listed.id == replica.id and not listed.running
 
 
@@ -131,8 +130,8 @@ def test_api_stats_are_read_all_at_once_and_give_cpu_and_memory(
 ) -> None:
     backend = api_backend
     network = f"autoscaler-{service_name}"
-    backend.ensure_network(service_name, network)
-    replicas = [backend.start_replica(spec(service_name, network)) for _ in range(4)]
+    backend.networks.ensure_network(service_name, network)
+    replicas = [start(backend, spec(service_name, network)) for _ in range(4)]
     busy = replicas[0]
     stop = threading.Event()
 
@@ -147,16 +146,16 @@ def test_api_stats_are_read_all_at_once_and_give_cpu_and_memory(
     thread.start()
     try:
         ids = [r.id for r in replicas]
-        first = backend.read_stats(service_name, ids)
+        first = backend.metrics.read_stats(service_name, ids)
         time.sleep(1)
-        second = backend.read_stats(service_name, ids)
+        second = backend.metrics.read_stats(service_name, ids)
     finally:
         stop.set()
         thread.join(10)
     assert all(first[i] is not None and second[i] is not None for i in ids)
     # Each one-shot call waits for the engine's stats tick; all four wait side by side.
     assert probe.peak["container_stats"] == 4
-    assert backend.stats_source(service_name) == "docker_api"
+    assert backend.metrics.stats_source(service_name) == "docker_api"
     busy_cpu = cpu_percent(first[busy.id], second[busy.id], 0.25)
     idle_cpu = cpu_percent(first[ids[1]], second[ids[1]], 0.25)
     assert busy_cpu is not None and busy_cpu > 30
@@ -166,7 +165,7 @@ def test_api_stats_are_read_all_at_once_and_give_cpu_and_memory(
 
 
 def test_missing_image_is_reported(backend: DockerBackend) -> None:
-    assert backend.missing_images([APP_IMAGE, "autoscaler-no-such-image:latest"]) == [
+    assert backend.engine.missing_images([APP_IMAGE, "autoscaler-no-such-image:latest"]) == [
         "autoscaler-no-such-image:latest"
     ]
 
@@ -190,8 +189,8 @@ def test_cgroup_readings_equal_what_docker_stats_shows(
     backend: DockerBackend, probe: ConcurrencyProbe, docker_client, service_name: str  # type: ignore[no-untyped-def]
 ) -> None:
     network = f"autoscaler-{service_name}"
-    backend.ensure_network(service_name, network)
-    replicas = [backend.start_replica(spec(service_name, network)) for _ in range(2)]
+    backend.networks.ensure_network(service_name, network)
+    replicas = [start(backend, spec(service_name, network)) for _ in range(2)]
     busy, idle = replicas
     stop = threading.Event()
 
@@ -205,13 +204,13 @@ def test_cgroup_readings_equal_what_docker_stats_shows(
     try:
         time.sleep(2)  # the load settles at the replica's CPU limit
         ids = [r.id for r in replicas]
-        first = backend.read_stats(service_name, ids)
+        first = backend.metrics.read_stats(service_name, ids)
         shown = _docker_stats(ids)
-        second = backend.read_stats(service_name, ids)
+        second = backend.metrics.read_stats(service_name, ids)
     finally:
         stop.set()
         thread.join(10)
-    assert backend.stats_source(service_name) == "cgroup"
+    assert backend.metrics.stats_source(service_name) == "cgroup"
     assert "container_stats" not in probe.peak, "no Docker API stats call"
     for replica in replicas:
         before, after = first[replica.id], second[replica.id]

@@ -12,8 +12,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from autoscaler.config import ServiceConfig
-from autoscaler.docker.backend import DockerBackend, LoadBalancerSpec, ReplicaSpec
+from autoscaler.docker.backend import DockerBackend
+from autoscaler.engine import wiring
 from autoscaler.engine.controller import ServiceController
+from autoscaler.engine.operations import Operations
+from autoscaler.engine.ports import LoadBalancerSpec, ReplicaSpec
 from autoscaler.lb.haproxy import HAProxyError, HAProxyRuntime
 from autoscaler.telemetry import Telemetry
 from helpers import free_port
@@ -42,18 +45,19 @@ def stack(docker_client, service_name: str):  # type: ignore[no-untyped-def]
     """A load balancer and two replicas, not yet registered."""
     backend = DockerBackend(docker_client)
     network = f"autoscaler-{service_name}"
-    backend.ensure_network(service_name, network)
+    backend.networks.ensure_network(service_name, network)
     port = free_port()
-    lb, fresh = backend.ensure_load_balancer(
+    lb, fresh = backend.load_balancers.ensure_load_balancer(
         LoadBalancerSpec(service_name, "autoscaler-haproxy:latest", network, "127.0.0.1", port, "/healthz")
     )
     assert fresh
     runtime = HAProxyRuntime(lb.admin_socket)
     wait_until(runtime.ping, what="HAProxy runtime API")
     spec = ReplicaSpec(service_name, "autoscaler-demo-app:latest", 8000, network, 0.5, 128 * 1024 * 1024)
-    replicas = [backend.start_replica(spec) for _ in range(2)]
+    replicas = [backend.containers.start_replica(spec, backend.containers.new_replica_name(service_name))
+                for _ in range(2)]
     yield backend, runtime, lb, port, replicas, network
-    backend._stats_pool.shutdown(wait=True)
+    backend.metrics.close()
 
 
 def register(runtime: HAProxyRuntime, name: str, ip: str) -> None:
@@ -159,9 +163,10 @@ def test_membership_is_rebuilt_after_haproxy_restarts(stack, docker_client, serv
         "load_balancer": {"publish": f"127.0.0.1:{port}"},
     })
     controller = ServiceController(
-        service_name, config, network, backend,
-        lambda info: HAProxyRuntime(info.admin_socket),
-        Telemetry(CollectorRegistry()),
+        service_name, config, network,
+        target=wiring.containers(backend.containers, Operations(service_name)),
+        gate=wiring.load_balancer(backend.load_balancers, lambda info: HAProxyRuntime(info.admin_socket)),
+        metrics=backend.metrics, networks=backend.networks, telemetry=Telemetry(CollectorRegistry()),
     )
     controller.setup()  # adopts the existing load balancer and replicas
 
@@ -178,5 +183,5 @@ def test_membership_is_rebuilt_after_haproxy_restarts(stack, docker_client, serv
     wait_until(lambda: (controller.run_cycle(), controller.progress(), controller.replica_counts.get("ready") == 2
                         and controller.health.lb_down_since is None)[-1], 30, "membership rebuilt")
     assert {get(port, "/healthz")["hostname"] for _ in range(6)} == {r.id[:12] for r in replicas}
-    assert len(backend.list_replicas(service_name, network)) == 2, "nothing started twice"
+    assert len(backend.containers.list_replicas(service_name, network)) == 2, "nothing started twice"
     controller.close()

@@ -300,9 +300,9 @@ def test_the_prometheus_source_reads_the_agents_through_a_real_prometheus(lab: L
         wait_until(lambda: ready(daemon) == 2, 120, "2 ready tasks")
         lab_backend_agents = lab.client.api.services(filters={"label": "autoscaler.role=agent"})
         if not lab_backend_agents:  # this daemon's source is Prometheus: start agents for it to scrape
-            from autoscaler.docker.backend import DockerBackend
-            from autoscaler.swarm.backend import SwarmBackend
-            SwarmBackend(DockerBackend(lab.client, cgroups=False)).ensure_agents()
+            from autoscaler.docker.engine import DockerEngine
+            from autoscaler.swarm.backend import Swarm, SwarmAgents
+            SwarmAgents(Swarm(DockerEngine(lab.client))).ensure()
         traffic = Traffic(swarm_daemons.lb_port, host=lab.manager_ip)
         traffic.start(workers=3, cpu_ms=30, pause_seconds=0)
         try:

@@ -19,19 +19,22 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from autoscaler.config import ServiceConfig
-from autoscaler.docker.backend import (
+from autoscaler.engine import wiring
+from autoscaler.engine.controller import ServiceController
+from autoscaler.engine.operations import Outcome
+from autoscaler.engine.ports import (
     BackendError,
+    BackendStat,
     ExitReport,
     LoadBalancer,
     LoadBalancerContainer,
     LoadBalancerSpec,
     Replica,
     ReplicaSpec,
+    ServerStat,
+    StatsReading,
 )
-from autoscaler.docker.stats import StatsReading
-from autoscaler.engine.controller import ServiceController
-from autoscaler.engine.operations import Outcome
-from autoscaler.lb.haproxy import BackendStat, HAProxyError, ServerBusy, ServerStat
+from autoscaler.lb.haproxy import HAProxyError, ServerBusy
 from autoscaler.telemetry import Telemetry
 
 SERVICE = "web"
@@ -123,6 +126,7 @@ class FakeOperations:
         self._pending: list[tuple[str, str, Callable[[], Any], dict[str, Any]]] = []
         self._done: list[Outcome] = []
         self.closed = False
+        self.waited: list[float] = []  # the timeouts wait_idle was given
 
     def submit(self, kind: str, key: str, fn: Callable[[], Any], **context: Any) -> None:
         self._pending.append((kind, key, fn, context))
@@ -153,6 +157,9 @@ class FakeOperations:
         return done
 
     def wait_idle(self, timeout_seconds: float) -> bool:
+        """Nothing finishes by waiting here (only finish() does): records how long the caller
+        was willing to wait, and says whether anything is still running after that."""
+        self.waited.append(timeout_seconds)
         return not self._pending
 
     def close(self) -> None:
@@ -160,7 +167,9 @@ class FakeOperations:
 
 
 class FakeBackend:
-    """ReplicaBackend in memory. CPU is burnt at a constant rate per replica (cores)."""
+    """One engine in memory, for every port a container service uses: ContainerRuntime,
+    LoadBalancerHost, Networks and MetricsSource. CPU is burnt at a constant rate per replica
+    (cores)."""
 
     def __init__(self, clock: FakeClock, calls: CallLog) -> None:
         self.clock = clock
@@ -229,21 +238,7 @@ class FakeBackend:
     def containers(self) -> int:
         return len(self.replicas)
 
-    # --- ReplicaBackend ---
-
-    orchestrated = False
-
-    def prepare(self, spec: ReplicaSpec, initial_replicas: int, drain_timeout_seconds: float, adopt: bool) -> bool:
-        return False
-
-    def remove_service(self, service: str) -> None:
-        self.calls.add("remove_service", service)
-
-    def desired_count(self, service: str) -> int | None:
-        return None
-
-    def scale(self, service: str, replicas: int) -> None:
-        raise NotImplementedError
+    # --- the ports ---
 
     def ensure_network(self, service: str, name: str) -> bool:
         self._check_engine("network_list")
@@ -305,7 +300,7 @@ class FakeBackend:
             self._seq += 1
             return f"autoscaler-{service}-n{self._seq}"
 
-    def start_replica(self, spec: ReplicaSpec, name: str | None = None) -> Replica:
+    def start_replica(self, spec: ReplicaSpec, name: str) -> Replica:
         self._check_engine("container_create")
         self.specs.append(spec)
         if self.create_errors:
@@ -325,8 +320,14 @@ class FakeBackend:
     def exit_report(self, service: str, container_id: str) -> ExitReport:
         return self.exits.get(container_id, ExitReport(None, False, "", ()))
 
+    def load_balancer_report(self, service: str, lb_id: str) -> ExitReport:
+        return ExitReport(1, False, "", ("haproxy: cannot bind",))
+
     def stats_source(self, service: str) -> str | None:
         return "cgroup"
+
+    def source_errors(self, service: str) -> dict[str, str]:
+        return {}
 
     def read_stats(self, service: str, container_ids: list[str]) -> dict[str, StatsReading | None]:
         result: dict[str, StatsReading | None] = {}
@@ -552,10 +553,14 @@ class World:
         return replica
 
     def controller(self, *, dry_run: bool = False, setup: bool = True, lease: bool = False,
-                   **config: Any) -> ServiceController:
+                   with_load_balancer: bool = True, **config: Any) -> ServiceController:
+        backend = self.backend
         controller = ServiceController(
-            SERVICE, service_config(**config), NETWORK, self.backend, self.lb_factory, self.telemetry,
-            dry_run=dry_run, clock=self.clock.now, wall_clock=self.clock.time, sleep=self.clock.sleep,
+            SERVICE, service_config(**config), NETWORK,
+            target=wiring.containers(backend, self.operations),  # type: ignore[arg-type]
+            gate=wiring.load_balancer(backend, self.lb_factory, self.clock.sleep) if with_load_balancer else None,
+            metrics=backend, networks=backend, telemetry=self.telemetry,
+            dry_run=dry_run, clock=self.clock.now, wall_clock=self.clock.time,
             lease=self.lease if lease else None, operations=self.operations,  # type: ignore[arg-type]
         )
         self.controllers.append(controller)

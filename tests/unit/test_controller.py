@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
-from autoscaler.docker.backend import ExitReport, Replica
 from autoscaler.engine import backoff as bo
 from autoscaler.engine.replicas import ReplicaView, choose_victims, classify_exit
-from autoscaler.lb.haproxy import ServerStat
+from autoscaler.engine.ports import ExitReport, Replica, ServerStat
 from engine_fakes import (
     NETWORK,
     OLD,
@@ -369,9 +368,9 @@ def test_a_partial_scale_out_counts_only_what_started() -> None:
     held = controller.run_cycle()  # collects the failures
     assert held is not None and (held.current, held.desired) == (2, 2)
 
-    history = controller._history
+    history = controller.state.history
     assert sum(e.value for e in history.scale_up_events) == 0, "nothing started, nothing counted"
-    assert controller._spec == 2
+    assert controller.state.count_to_keep == 2
 
 
 def test_restart_without_a_jump_the_window_is_seeded_with_the_current_count(world: World) -> None:
@@ -670,7 +669,7 @@ def test_each_change_and_each_new_reason_is_logged_at_info(world: World, caplog:
     assert any(r.levelname == "DEBUG" for r in decisions), "a repeated no-change decision"
 
 
-def test_close_abandons_operations_after_the_timeout_and_releases_the_lease() -> None:
+def test_close_waits_at_most_its_timeout_then_abandons_what_still_runs_and_releases_the_lease() -> None:
     world = World(auto_operations=False)
     world.adopt(A)
     controller = world.controller(lease=True, setup=False, min_replicas=2)
@@ -679,5 +678,7 @@ def test_close_abandons_operations_after_the_timeout_and_releases_the_lease() ->
 
     abandoned = controller.close(0.1)
 
-    assert abandoned and abandoned[0].startswith("start of ")
-    assert world.lease.released == 1 and world.operations.closed
+    (waited,) = world.operations.waited
+    assert 0 < waited <= 0.1, "the operations were given what was left of the timeout, no more"
+    assert abandoned == [f"start of {name}" for name in world.operations.in_flight("start")]
+    assert abandoned and world.lease.released == 1 and world.operations.closed

@@ -1,0 +1,246 @@
+"""The scale target of containers the engine starts and stops itself (over ContainerRuntime).
+
+Like a ReplicaSet: the decided count becomes the count to keep; each pass starts what is
+missing (as operations in other threads, limited by the start backoff) or returns the surplus
+to retire; a replica that died is reported and replaced up to the count to keep. What to start
+or retire is a pure plan (`plan`); this class carries it out. Outcomes of operations are
+collected by the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from autoscaler.config import ServiceConfig
+from autoscaler.engine import backoff as bo
+from autoscaler.engine.operations import Operations, Outcome
+from autoscaler.engine.ports import BackendError, ContainerRuntime, ExitReport, Replica, ReplicaSpec, ServerStat
+from autoscaler.engine.replicas import ReplicaView, Tracked, choose_victims, classify_exit
+from autoscaler.engine.state import Context, Failure, ServiceState, record_failure, uncount_scale_up
+from autoscaler.engine.target import Release, Triage, replica_spec
+from autoscaler.model import Decision
+from autoscaler.policy.evaluate import record_scale
+
+log = logging.getLogger("autoscaler.engine")
+
+
+@dataclass(frozen=True)
+class Plan:
+    start: int  # replicas to start now
+    held_back: int  # wanted, but held back by the start backoff
+    drop_decided: int  # decided scale-up starts that will not happen (the count went down first)
+    retire: tuple[ReplicaView, ...]  # the surplus, in the order to take it out
+
+
+def plan(
+    views: Sequence[ReplicaView],
+    count_to_keep: int,
+    starts_in_flight: int,
+    decided_starts: int,
+    backoff: bo.Backoff,
+    tracked: Mapping[str, Tracked],
+    can_retire: bool,
+    now: float,
+) -> Plan:
+    """What to start or retire to move toward the count to keep. Pure."""
+    active = [v for v in views if v.state != "draining"]
+    count = len(active) + starts_in_flight
+    drop = max(0, decided_starts - max(0, count_to_keep - count))
+    if count < count_to_keep:
+        wanted = count_to_keep - count
+        on_their_way = starts_in_flight + sum(
+            1 for v in active
+            if v.state == "starting" and tracked[v.replica.name].started_by_us and tracked[v.replica.name].ready_since is None
+        )
+        allowed = bo.starts_allowed(backoff, now, wanted, on_their_way)
+        return Plan(allowed, wanted - allowed, drop, ())
+    if count > count_to_keep and can_retire:
+        return Plan(0, 0, drop, tuple(choose_victims(active, count - count_to_keep - starts_in_flight)))
+    return Plan(0, 0, drop, ())
+
+
+class ContainerSet:
+    def __init__(
+        self,
+        ctx: Context,
+        state: ServiceState,
+        runtime: ContainerRuntime,
+        operations: Operations,
+        release: Release,
+    ) -> None:
+        self._ctx = ctx
+        self._state = state
+        self._runtime = runtime
+        self._ops = operations
+        self._release = release  # takes a failed replica out of the gate (the load balancer)
+
+    def prepare(self, config: ServiceConfig, spec: ReplicaSpec) -> bool:
+        return False  # nothing to create: each replica is started as it is needed
+
+    def remove_created(self) -> None:
+        pass
+
+    def list_replicas(self) -> list[Replica]:
+        return self._runtime.list_replicas(self._ctx.name, self._ctx.network)
+
+    def read_count(self) -> None:
+        pass  # what runs is the count
+
+    def first_count(self, active: int) -> int:
+        return active + self._state.in_flight.starts
+
+    def watch(self, now: float) -> list[Replica]:
+        return []  # no replica leaves but those we retire
+
+    # --- outcomes ---------------------------------------------------------------------------
+
+    def collect(self, config: ServiceConfig, now: float) -> list[tuple[Replica, Tracked]]:
+        """Takes in the outcomes of finished starts and removals; returns the replicas started."""
+        started = []
+        for outcome in self._ops.completed():
+            if outcome.kind == "start":
+                self._state.in_flight.start_observed(outcome.key)
+                result = self._started(config, outcome, now)
+                if result is not None:
+                    started.append(result)
+            elif outcome.kind == "remove" and outcome.error is not None:
+                unreachable = isinstance(outcome.error, BackendError) and outcome.error.unreachable
+                log.log(logging.DEBUG if unreachable else logging.WARNING,
+                        "could not remove replica %s: %s (trying again)", outcome.key, outcome.error,
+                        extra=self._ctx.extra(replica=outcome.key))
+        return started
+
+    def _started(self, config: ServiceConfig, outcome: Outcome, now: float) -> tuple[Replica, Tracked] | None:
+        counted_at = outcome.context.get("counted_at")
+        submitted_at = outcome.context.get("submitted_at", now)
+        if outcome.error is not None:
+            self._start_failed(config, outcome.key, counted_at, outcome.error, now)
+            return None
+        replica: Replica = outcome.value
+        tracked = self._state.tracked[replica.name] = Tracked(
+            replica.id, submitted_at, replica.created_at_seconds, started_by_us=True, counted_at=counted_at
+        )
+        log.info("started replica %s (%.2fs)", replica.name, now - submitted_at,
+                 extra=self._ctx.extra(replica=replica.name))
+        return replica, tracked  # an exit right away is found by the next pass, with its exit code and output
+
+    def _start_failed(self, config: ServiceConfig, name: str, counted_at: float | None, exc: Exception,
+                      now: float) -> None:
+        if isinstance(exc, BackendError) and exc.unreachable:
+            # The engine went away, not the replica: the next pass that reaches it starts it.
+            if counted_at is not None:
+                self._state.take_back_start(counted_at)
+            log.debug("replica %s not started: %s", name, exc, extra=self._ctx.extra(replica=name))
+            return
+        failure = Failure(name, "create_failed", f"replica {name} could not be started: {exc}", never_ready=True,
+                          counts=True, counted_at=counted_at, key=str(exc))
+        record_failure(self._ctx, self._state, failure, now, config.backoff_initial_seconds, config.backoff_max_seconds)
+
+    # --- repair -----------------------------------------------------------------------------
+
+    def triage(self, config: ServiceConfig, replica: Replica, tracked: Tracked, now: float, first_failure: bool
+               ) -> tuple[Triage, bool]:
+        """A replica that exited (or was created and never started) is reported and removed.
+        Returns the triage and whether it counted toward the start backoff."""
+        never_started = replica.state == "created" and now - tracked.first_seen_at > config.startup_timeout_seconds
+        if not (replica.terminated or never_started) or self._ctx.dry_run:
+            return "alive", False
+        try:
+            report = self._runtime.exit_report(self._ctx.name, replica.id)
+        except BackendError as exc:
+            report = ExitReport(None, False, f"unreadable: {exc}", ())
+        if replica.state == "created":
+            reason, counts = "never_started", True
+            detail = f"created but never started for {config.startup_timeout_seconds:g}s"
+        else:
+            reason, counts = classify_exit(report, tracked.ready_since is not None)
+            detail = f"{replica.state}: {report.describe()}"
+        # Many replicas found dead in one pass (an engine restart) are one failure, not many.
+        self._fail(config, replica.name, tracked, now, reason, detail, counts=counts and first_failure)
+        return "gone", counts
+
+    def unhealthy(self, config: ServiceConfig, replica: Replica, tracked: Tracked, server: ServerStat | None,
+                  now: float, why: str) -> ReplicaView | None:
+        self._fail(config, replica.name, tracked, now, "unhealthy",
+                   f"not healthy for {config.startup_timeout_seconds:g}s ({why})", counts=True)
+        return None
+
+    def _fail(self, config: ServiceConfig, name: str, tracked: Tracked, now: float, reason: str, detail: str,
+              counts: bool) -> None:
+        self._release(config, name, now)
+        self._submit_removal(config, name, tracked.container_id, force=True)
+        tracked.failed = True
+        never_ready = tracked.ready_since is None
+        what = "failed to start" if never_ready else "failed"
+        failure = Failure(name, reason, f"replica {name} {what} ({reason}): {detail}", never_ready, counts,
+                          counted_at=tracked.counted_at)
+        record_failure(self._ctx, self._state, failure, now, config.backoff_initial_seconds, config.backoff_max_seconds)
+
+    def retry_removal(self, config: ServiceConfig, replica: Replica) -> None:
+        if replica.name not in self._ops.in_flight("remove"):
+            self._submit_removal(config, replica.name, replica.id, force=True)  # an earlier try failed
+
+    def drained(self, config: ServiceConfig, name: str, tracked: Tracked) -> None:
+        self._submit_removal(config, name, tracked.container_id, force=False)
+        log.info("removed replica %s from the load balancer (drained); stopping it", name,
+                 extra=self._ctx.extra(replica=name))
+
+    # --- act --------------------------------------------------------------------------------
+
+    def apply(self, decision: Decision, now: float) -> None:
+        """The decided count becomes the count to keep; the rate rules' history learns what is
+        started now (taken back if a start fails) and what is drained when it is."""
+        change = decision.desired - decision.current
+        if change > 0:
+            self._state.in_flight.decide_starts(change, now)
+            self._state.history = record_scale(self._state.history, now, decision.current, decision.desired)
+        self._state.count_to_keep = decision.desired
+
+    def converge(self, config: ServiceConfig, views: list[ReplicaView], can_retire: bool, now: float
+                 ) -> list[ReplicaView]:
+        """Starts replicas up to the count to keep; returns the surplus to retire. Never waits."""
+        state = self._state
+        assert state.count_to_keep is not None
+        in_flight = state.in_flight
+        step = plan(views, state.count_to_keep, in_flight.starts, in_flight.decided, state.backoff, state.tracked,
+                    can_retire, now)
+        for decided_at in in_flight.drop_decided(step.drop_decided):
+            state.history = uncount_scale_up(state.history, decided_at)
+        for _ in range(step.start):
+            self._submit_start(config, in_flight.next_decided(), now)
+        if step.held_back and state.backoff.active:
+            self._ctx.once("backoff", logging.INFO,
+                           "start backoff: %d replica(s) wanted, next start in %.0fs (%d failure(s): %s)",
+                           step.held_back, max(bo.seconds_until_retry(state.backoff, now), 0),
+                           state.backoff.failures, state.backoff.reason)
+        if not state.backoff.active or state.backoff.recovered_at is not None:
+            self._ctx.health.notes.pop("backoff", None)
+        previous = state.backoff
+        state.backoff = bo.maybe_reset(state.backoff, now, config.backoff_max_seconds)
+        if previous.active and not state.backoff.active:
+            self._ctx.note("healthy for %gs since the last failure: start backoff reset", config.backoff_max_seconds)
+        return list(step.retire)
+
+    def remove(self, config: ServiceConfig, view: ReplicaView, tracked: Tracked, force: bool) -> None:
+        """Scale-in of one replica the gate does not drain: stopped now (its stop signal, or
+        killed at once when it serves nobody yet)."""
+        name = view.replica.name
+        self._submit_removal(config, name, tracked.container_id, force=force)
+        log.info("removing replica %s (%s)", name, "not serving yet" if force else "stop signal, then removed",
+                 extra=self._ctx.extra(replica=name))
+
+    def _submit_start(self, config: ServiceConfig, counted_at: float | None, now: float) -> None:
+        spec = replica_spec(self._ctx.name, self._ctx.network, config)
+        name = self._runtime.new_replica_name(self._ctx.name)
+        self._state.in_flight.expect_start(name)
+        self._ops.submit("start", name, lambda: self._runtime.start_replica(spec, name),
+                         counted_at=counted_at, submitted_at=now)
+
+    def _submit_removal(self, config: ServiceConfig, name: str, replica_id: str, force: bool) -> None:
+        self._state.in_flight.expect_removal(name, replica_id)
+        stop_timeout = config.stop_timeout_seconds
+        service = self._ctx.name
+        self._ops.submit("remove", name,
+                         lambda: self._runtime.remove_replica(service, replica_id, stop_timeout, force=force))
