@@ -361,6 +361,27 @@ class DaemonConfig(_Model):
     swarm_agent_port: int = Field(9101, ge=1, le=65535)
     # The image the agent runs from (the project's own image; it must be on every node).
     swarm_agent_image: ImageReference = "autoscaler:latest"
+    # One daemon per service (Kubernetes leader election's three numbers and defaults): the
+    # lease expires lease_duration_seconds after its holder's last renewal; the holder renews
+    # every lease_retry_period_seconds and stops acting once lease_renew_deadline_seconds
+    # passed without a renewal (before the lease can expire and be taken by another daemon).
+    lease_duration_seconds: float = Field(15.0, gt=0, le=MAX_TIMEOUT_SECONDS)
+    lease_renew_deadline_seconds: float = Field(10.0, gt=0, le=MAX_TIMEOUT_SECONDS)
+    lease_retry_period_seconds: float = Field(2.0, gt=0, le=MAX_TIMEOUT_SECONDS)
+
+    @model_validator(mode="after")
+    def _check_lease(self) -> "DaemonConfig":
+        problems: list[tuple[Loc, str]] = []
+        if self.lease_renew_deadline_seconds >= self.lease_duration_seconds:
+            problems.append((("lease_renew_deadline_seconds",),
+                             f"must be < lease_duration_seconds ({self.lease_duration_seconds:g}): the holder must "
+                             "stop acting before the lease can expire and be taken"))
+        if self.lease_retry_period_seconds >= self.lease_renew_deadline_seconds:
+            problems.append((("lease_retry_period_seconds",),
+                             f"must be < lease_renew_deadline_seconds ({self.lease_renew_deadline_seconds:g}): "
+                             "renewals must come more often than the deadline"))
+        _raise_problems(problems)
+        return self
 
     @property
     def metrics_host_port(self) -> tuple[str, int]:

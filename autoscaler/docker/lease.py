@@ -1,11 +1,21 @@
-"""One daemon per service and engine: a lease that the Docker engine itself holds.
+"""One daemon per service and engine: a lease that the Docker engine itself holds, and that
+expires when its holder stops renewing it.
 
-The lease is a container named `autoscaler-<service>-lease` whose only process (`cat`) reads
-its stdin, attached to this daemon's connection with StdinOnce. The engine refuses a second
-container of that name (409 Conflict), so a second daemon cannot take the lease while the first
-holds it. When the holder exits, is SIGKILLed or loses its connection, stdin reaches EOF, `cat`
-exits, and the engine removes the container (AutoRemove): the lease is free and a daemon
-standing by takes it at its next try. Nothing here needs clocks that agree or renewals.
+The lease is a container named `autoscaler-<service>-lease` whose process reads its stdin,
+attached to this daemon's connection with StdinOnce. The engine refuses a second container of
+that name (409 Conflict), so a second daemon cannot take the lease while the first holds it.
+
+As Kubernetes' leader election, the lease has a duration, a renew deadline and a retry period
+(defaults 15 s / 10 s / 2 s). The holder renews by writing one byte every retry period; the
+container's process waits at most the lease duration for the next byte, then exits, and the
+engine removes the container (AutoRemove): the lease is free and a daemon standing by takes it
+at its next try. So a holder that exits, is SIGKILLed, loses its connection *or hangs* (SIGSTOP,
+a deadlock, a call that never returns: it stops renewing) loses the lease within its duration.
+
+Fencing: the holder counts itself the holder only while its last renewal is younger than the
+renew deadline (its own monotonic clock), which ends before the lease itself can expire. A
+holder that resumes after a long stop therefore finds it lost the lease before it acts, and
+acts on nothing until it holds it again (the engine's parts check `held()` before each change).
 """
 
 from __future__ import annotations
@@ -14,6 +24,8 @@ import logging
 import os
 import select
 import socket
+import time
+from collections.abc import Callable
 from typing import Any
 
 import docker
@@ -38,6 +50,13 @@ def owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def lease_command(duration_seconds: float) -> list[str]:
+    """The lease container's process: ends when no byte came for `duration_seconds` (the holder
+    stopped renewing) or at end of input (the holder went away). POSIX sh, coreutils' or
+    busybox's `timeout` and `head`: in any image with a shell."""
+    return ["/bin/sh", "-c", f'while [ -n "$(timeout {duration_seconds:g} head -c 1)" ]; do :; done']
+
+
 class Lease:
     def __init__(
         self,
@@ -46,14 +65,24 @@ class Lease:
         image: str,
         owner: str | None = None,
         observer: CallObserver = NULL_OBSERVER,
+        duration_seconds: float = 15.0,
+        renew_deadline_seconds: float = 10.0,
+        retry_period_seconds: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self.service = service
-        self.image = image  # any image with `cat`: the load balancer's, which must exist anyway
+        self.image = image  # any image with a shell: the load balancer's, which must exist anyway
         self.owner = owner or owner_id()
         self._observer = observer
+        self.duration_seconds = duration_seconds
+        self.renew_deadline_seconds = renew_deadline_seconds
+        self.retry_period_seconds = retry_period_seconds
+        self._clock = clock
         self._socket: Any = None
         self._container_id: str | None = None
+        self._renewed_at = -float("inf")
+        self.lost_at: float | None = None  # when the renew deadline passed without a renewal
 
     def try_acquire(self) -> str | None:
         """Takes the lease if it is free. Returns None when held by us, else who holds it.
@@ -65,6 +94,8 @@ class Lease:
             for _ in range(2):
                 try:
                     self._create_and_attach()
+                    self._renewed_at = self._clock()
+                    self.lost_at = None
                     log.info("lease %s taken (owner %s)", lease_name(self.service), self.owner,
                              extra={"service": self.service})
                     return None
@@ -81,9 +112,19 @@ class Lease:
             raise BackendError("lease", self.service, str(exc), unreachable=unreachable) from exc
 
     def held(self) -> bool:
-        """Whether our attach connection is still open: cheap, no API call."""
+        """Whether this daemon may act: the connection is open and the last renewal is younger
+        than the renew deadline. Cheap (no API call): checked before every change."""
         sock = self._socket
         if sock is None:
+            return False
+        if self._clock() - self._renewed_at >= self.renew_deadline_seconds:
+            # Not renewed in time (this process was stopped, or its loop hung): the lease may
+            # be someone else's by now. Let it go, so that it is free at once if it is not.
+            self.lost_at = self._clock()
+            log.warning("lease %s not renewed for %.0fs (deadline %gs): lost; acting on nothing until it is ours "
+                        "again", lease_name(self.service), self._clock() - self._renewed_at,
+                        self.renew_deadline_seconds, extra={"service": self.service})
+            self._close()
             return False
         raw = getattr(sock, "_sock", sock)
         try:
@@ -93,6 +134,18 @@ class Lease:
         except (OSError, ValueError):
             return False
         return True
+
+    def renew(self) -> None:
+        """One byte to the lease's process, at most every retry period: it waits no longer than
+        the lease duration for the next one."""
+        if self._socket is None or self._clock() - self._renewed_at < self.retry_period_seconds:
+            return
+        raw = getattr(self._socket, "_sock", self._socket)
+        try:
+            raw.sendall(b"x")
+        except OSError:
+            return  # the connection is gone: held() says so
+        self._renewed_at = self._clock()
 
     def release(self) -> None:
         """Gives the lease back at once (closing the connection alone frees it too)."""
@@ -120,7 +173,7 @@ class Lease:
         with self._observer.call("docker", "lease_create"):
             created = api.create_container(
                 self.image,
-                entrypoint=["cat"],
+                entrypoint=lease_command(self.duration_seconds),
                 name=lease_name(self.service),
                 # detach=False with stdin_open sets StdinOnce: stdin closes when we go away. We
                 # attach stdout too, so that the stream ends (EOF here) when the container dies.

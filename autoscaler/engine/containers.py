@@ -232,6 +232,7 @@ class ContainerSet:
                  extra=self._ctx.extra(replica=name))
 
     def _submit_start(self, config: ServiceConfig, counted_at: float | None, now: float) -> None:
+        self._ctx.fence()
         spec = replica_spec(self._ctx.name, self._ctx.network, config)
         name = self._runtime.new_replica_name(self._ctx.name)
         self._state.in_flight.expect_start(name)
@@ -239,6 +240,7 @@ class ContainerSet:
                          counted_at=counted_at, submitted_at=now)
 
     def _submit_removal(self, config: ServiceConfig, name: str, replica_id: str, force: bool) -> None:
+        self._ctx.fence()
         self._state.in_flight.expect_removal(name, replica_id)
         stop_timeout = config.stop_timeout_seconds
         service = self._ctx.name

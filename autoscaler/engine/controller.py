@@ -57,7 +57,7 @@ from autoscaler.engine.ports import (
 )
 from autoscaler.engine.replicas import Observation, ReplicaView, Unhealthy
 from autoscaler.engine.sampling import SOURCE_NAMES, Sampler
-from autoscaler.engine.state import Context, ServiceState
+from autoscaler.engine.state import Context, LeaseLost, ServiceState
 from autoscaler.engine.target import Release, ScaleTarget, replica_spec
 from autoscaler.model import Bounds, Decision, ServiceSnapshot
 from autoscaler.policy.evaluate import evaluate, record_scale, seed_history
@@ -98,7 +98,7 @@ class ServiceController:
         # Config and its schedule are swapped together by a reload; a pass reads them once.
         self._configured: tuple[ServiceConfig, ScheduledBounds] = (config, ScheduledBounds(config))
         self.health = ServiceHealth()
-        self.ctx = Context(name, network, telemetry, self.health, clock, wall_clock, dry_run)
+        self.ctx = Context(name, network, telemetry, self.health, clock, wall_clock, dry_run, fence=self._fence)
         self.state = ServiceState(started_at=clock())
         self.gate: Gate = gate(self.ctx, self.state) if gate is not None else DirectGate(self.ctx, self.state)
         self.target = target(self.ctx, self.state, self.gate.release)
@@ -108,6 +108,7 @@ class ServiceController:
         self._lease = lease
         self._ops = operations or Operations(name)
         self._lock = threading.RLock()
+        self._pass_started_at: float | None = None  # clock, while a pass runs
         self._sampler = Sampler(name)
         self._set_up = False
         self.last_decision: Decision | None = None
@@ -152,6 +153,7 @@ class ServiceController:
         if self._lease is None or self.dry_run:
             return None
         if self._lease.held():
+            self._lease.renew()
             return None
         # Not held (first pass, lost with an engine restart, or standing by): whoever held it
         # may have changed things, so set up again once it is ours.
@@ -207,7 +209,14 @@ class ServiceController:
         """One pass. Returns the decision, or None when there was nothing to decide on (standing
         by, or the Docker engine is unreachable)."""
         with self._lock:
-            return self._cycle()
+            self._pass_started_at = self.ctx.clock()
+            try:
+                return self._cycle()
+            except LeaseLost:
+                self._lease_lost()
+                return None
+            finally:
+                self._pass_started_at = None
 
     def _cycle(self) -> Decision | None:
         config, schedule = self._configured
@@ -331,11 +340,18 @@ class ServiceController:
         ]
 
     def progress(self) -> None:
-        """The short step between passes: registers finished starts, promotes replicas whose
-        check passed, finishes drains. Skipped if a pass is running (it does the same)."""
+        """The short step between passes: renews the lease, registers finished starts, promotes
+        replicas whose check passed, finishes drains. Skipped if a pass is running (it does the
+        same)."""
         if not self._lock.acquire(blocking=False):
+            self._renew_during_pass()
             return
         try:
+            if self._lease is not None and not self.dry_run and self._set_up:
+                if not self._lease.held():
+                    self._lease_lost()
+                    return
+                self._lease.renew()
             if not self._set_up or self.dry_run or self.health.engine_down_since is not None:
                 return
             config = self.config
@@ -347,8 +363,30 @@ class ServiceController:
                 if drained is not None:
                     self.target.drained(config, name, drained)
             self._record_state(now)
+        except LeaseLost:
+            self._lease_lost()
         finally:
             self._lock.release()
+
+    def _renew_during_pass(self) -> None:
+        """While a pass runs, the lease is renewed for it only until the renew deadline: a pass
+        that hangs (a deadlock, a call that never returns) lets the lease expire, so that a
+        daemon standing by takes over."""
+        started = self._pass_started_at
+        lease = self._lease
+        if lease is not None and started is not None and self.ctx.clock() - started < lease.renew_deadline_seconds:
+            lease.renew()
+
+    def _fence(self) -> None:
+        if self._lease is not None and not self.dry_run and not self._lease.held():
+            raise LeaseLost(self.name)
+
+    def _lease_lost(self) -> None:
+        """Stop acting: whoever holds the lease now may change things; set up again once ours."""
+        if self._set_up:
+            log.warning("lost the lease: acting on nothing until it is ours again", extra=self.ctx.extra())
+        self._set_up = False
+        self._telemetry.lease_held.labels(self.name).set(0)
 
     # --- observe: the engine ----------------------------------------------------------------
 

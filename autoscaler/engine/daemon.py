@@ -17,6 +17,14 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_SUBMITTED,
+    JobExecutionEvent,
+    JobSubmissionEvent,
+)
 from apscheduler.executors.pool import ThreadPoolExecutor as SchedulerPool
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -79,6 +87,52 @@ class ProgressLoop:
             self._woken.wait(PROGRESS_SECONDS)
             self._woken.clear()
             self._step(self._name)
+
+
+class _SkippedRunFilter(logging.Filter):
+    """APScheduler warns at every interval a pass is still running; OverrunLog says it once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "maximum number of running instances reached" not in str(record.msg)
+
+
+class OverrunLog:
+    """One line when a service's pass overruns its interval (the next ones are skipped), one
+    when it ends, with how long it took and how many passes were skipped: not one per interval."""
+
+    def __init__(self, interval_seconds: Callable[[], float], clock: Callable[[], float] = time.monotonic) -> None:
+        self._interval_seconds = interval_seconds
+        self._clock = clock
+        self._started: dict[str, float] = {}  # job id -> when its pass began
+        self._skipped: dict[str, int] = {}  # job id -> passes skipped in the current episode
+        self._lock = threading.Lock()
+
+    def submitted(self, event: JobSubmissionEvent) -> None:
+        with self._lock:
+            self._started[event.job_id] = self._clock()
+
+    def skipped(self, event: JobSubmissionEvent) -> None:
+        with self._lock:
+            count = self._skipped.get(event.job_id, 0) + 1
+            self._skipped[event.job_id] = count
+            running = self._clock() - self._started.get(event.job_id, self._clock())
+        if count == 1:
+            log.warning("the pass is still running after %.0fs (interval %gs): skipping passes until it ends",
+                        running, self._interval_seconds(), extra={"service": event.job_id})
+
+    def finished(self, event: JobExecutionEvent) -> None:
+        with self._lock:
+            skipped = self._skipped.pop(event.job_id, 0)
+            took = self._clock() - self._started.get(event.job_id, self._clock())
+        if skipped:
+            log.warning("the pass ended after %.0fs; %d pass(es) skipped meanwhile", took, skipped,
+                        extra={"service": event.job_id})
+
+    def attach(self, scheduler: BackgroundScheduler) -> None:
+        logging.getLogger("apscheduler.scheduler").addFilter(_SkippedRunFilter())
+        scheduler.add_listener(self.submitted, EVENT_JOB_SUBMITTED)
+        scheduler.add_listener(self.skipped, EVENT_JOB_MAX_INSTANCES)
+        scheduler.add_listener(self.finished, EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
 
 
 class Daemon:
@@ -146,6 +200,7 @@ class Daemon:
             executors={"default": SchedulerPool(max(4, len(self.controllers)))},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
+        OverrunLog(lambda: self.settings.daemon.interval_seconds).attach(self.scheduler)
         for name in self.controllers:
             self._schedule(name)
             self.progress_loops[name] = ProgressLoop(name, self._progress, self.should_exit)
@@ -242,8 +297,12 @@ class Daemon:
 
         lease = None
         if not self.dry_run:
-            # The lease container runs `cat` from the load balancer's image, which must exist anyway.
-            lease = Lease(docker.client, name, service.load_balancer.image, observer=telemetry)
+            # The lease container runs a shell loop in the load balancer's image, which must exist anyway.
+            daemon = self.settings.daemon
+            lease = Lease(docker.client, name, service.load_balancer.image, observer=telemetry,
+                          duration_seconds=daemon.lease_duration_seconds,
+                          renew_deadline_seconds=daemon.lease_renew_deadline_seconds,
+                          retry_period_seconds=daemon.lease_retry_period_seconds)
         return ServiceController(
             name, service, self.settings.network_for(name),
             target=target, gate=wiring.load_balancer(host, lb_factory), metrics=metrics, networks=networks, telemetry=telemetry,

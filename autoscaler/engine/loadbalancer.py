@@ -89,6 +89,7 @@ class LoadBalancerKeeper:
                     return False
             if now < self.backoff.retry_at:
                 return False
+            self._ctx.fence()
             if container is None:
                 self._ctx.once("lb-repair", logging.WARNING, "load balancer missing (%s): creating it", error)
                 container_id = self._host.create_load_balancer(spec)

@@ -317,6 +317,7 @@ class Membership:
         keep-alive connections) make it wait for a later step rather than cut them, up to
         drain_timeout_seconds.
         """
+        self._ctx.fence()
         first = self._state.in_flight.deletion_started(name, now)
         force = force or now - first >= config.policy.drain_timeout_seconds
         try:
@@ -331,6 +332,7 @@ class Membership:
 
     def _call(self, fn: Callable[..., None], *args: object) -> bool:
         """One membership change; a failure is logged and retried by the next pass."""
+        self._ctx.fence()
         try:
             fn(*args)
             return True

@@ -126,6 +126,7 @@ class OrchestratedCount:
         if self._held is None or self._held == keep:
             self._ctx.health.notes.pop("scale", None)
             return []
+        self._ctx.fence()
         try:
             self._service.scale(self._ctx.name, keep)
         except BackendError as exc:

@@ -16,6 +16,7 @@ RESTART_ONLY: tuple[tuple[str, str], ...] = (
     ("daemon.dry_run", "switching between dry run and acting mid-flight could leave half-made changes"),
     ("daemon.load_balancer_access", "it changes how every load balancer is reached"),
     ("daemon.admin_socket_dir", "the load balancers' admin sockets live there"),
+    ("daemon.lease_*", "the lease held now was taken with them"),
     ("services.*.network", "replicas and the load balancer are attached to it when created"),
     ("services.*.load_balancer.*", "the load balancer is created from it"),
     ("services.*.health_path", "the load balancer's health check is set when it is created"),

@@ -25,6 +25,14 @@ from autoscaler.telemetry import Telemetry
 log = logging.getLogger("autoscaler.engine")
 
 
+class LeaseLost(Exception):
+    """This daemon no longer holds the service's lease: the pass stops before its next change."""
+
+
+def _always_held() -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class Context:
     name: str
@@ -34,6 +42,9 @@ class Context:
     clock: Callable[[], float]  # monotonic: every deadline and period
     wall_clock: Callable[[], float]  # epoch: creation times, what `status` shows
     dry_run: bool = False
+    # Raises LeaseLost unless this daemon still holds the service's lease: every change to the
+    # world (a start, a removal, a membership change, a count) checks it first.
+    fence: Callable[[], None] = _always_held
 
     def extra(self, **fields: object) -> dict[str, object]:
         return {"service": self.name, **fields}

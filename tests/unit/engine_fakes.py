@@ -189,6 +189,9 @@ class FakeBackend:
         self.lb_create_error: str | None = None
         self.exits: dict[str, ExitReport] = {}
         self.removed: list[tuple[str, bool]] = []  # (name, force)
+        self.on_read_stats: Callable[[], None] | None = None  # runs inside read_stats (a stop mid-pass)
+        self.hold_listing: threading.Event | None = None  # list_replicas waits for it (a hung call)
+        self.listing = threading.Event()  # set while list_replicas runs
         self._cpu_ns: dict[str, float] = {}
         self._last_read: dict[str, float] = {}
         self._seq = 0
@@ -293,6 +296,9 @@ class FakeBackend:
     def list_replicas(self, service: str, network: str) -> list[Replica]:
         assert (service, network) == (SERVICE, NETWORK)
         self._check_engine("container_list")
+        if self.hold_listing is not None:
+            self.listing.set()
+            self.hold_listing.wait(30)
         return sorted(self.replicas.values(), key=lambda r: (r.created_at_seconds, r.name))
 
     def new_replica_name(self, service: str) -> str:
@@ -330,6 +336,8 @@ class FakeBackend:
         return {}
 
     def read_stats(self, service: str, container_ids: list[str]) -> dict[str, StatsReading | None]:
+        if self.on_read_stats is not None:
+            self.on_read_stats()
         result: dict[str, StatsReading | None] = {}
         for cid in container_ids:
             replica = self.replicas.get(cid)
@@ -508,19 +516,36 @@ class FakeLoadBalancer:
 
 
 class FakeLease:
-    def __init__(self) -> None:
+    """The lease as docker/lease.py keeps it: ours until the renew deadline passes without a
+    renewal (by the controller's clock), renewed at most every retry period."""
+
+    renew_deadline_seconds = 10.0
+    retry_period_seconds = 2.0
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
         self.holder: str | None = None  # someone else holds it
         self.mine = False
         self.released = 0
+        self.renewed_at = -1e9
+        self.renewals: list[float] = []
 
     def try_acquire(self) -> str | None:
         if self.holder is not None:
             return self.holder
         self.mine = True
+        self.renewed_at = self.clock.now()
         return None
 
     def held(self) -> bool:
+        if self.mine and self.clock.now() - self.renewed_at >= self.renew_deadline_seconds:
+            self.mine = False  # not renewed in time: lost
         return self.mine
+
+    def renew(self) -> None:
+        if self.mine and self.clock.now() - self.renewed_at >= self.retry_period_seconds:
+            self.renewed_at = self.clock.now()
+            self.renewals.append(self.renewed_at)
 
     def release(self) -> None:
         self.mine = False
@@ -536,7 +561,7 @@ class World:
         self.registry = CollectorRegistry()
         self.telemetry = Telemetry(self.registry)
         self.operations = FakeOperations(auto_operations)
-        self.lease = FakeLease()
+        self.lease = FakeLease(self.clock)
         self.lb_infos: list[LoadBalancer] = []
         self.controllers: list[ServiceController] = []
 

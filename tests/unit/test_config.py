@@ -616,6 +616,15 @@ REFUSED: dict[str, tuple[dict[str, Any], str, str]] = {
         "must be <= 2678400",
     ),
     "shutdown-0": ({"top": DAEMON + "shutdown_timeout_seconds = 0"}, "daemon.shutdown_timeout_seconds", "must be > 0 (got 0)"),
+    "lease-renew-deadline-not-below-duration": (
+        {"top": DAEMON + "lease_duration_seconds = 10\nlease_renew_deadline_seconds = 10"},
+        "daemon.lease_renew_deadline_seconds", "must be < lease_duration_seconds (10)",
+    ),
+    "lease-retry-not-below-renew-deadline": (
+        {"top": DAEMON + "lease_retry_period_seconds = 12"}, "daemon.lease_retry_period_seconds",
+        "must be < lease_renew_deadline_seconds (10)",
+    ),
+    "lease-duration-0": ({"top": DAEMON + "lease_duration_seconds = 0"}, "daemon.lease_duration_seconds", "must be > 0"),
     "shutdown-301": ({"top": DAEMON + "shutdown_timeout_seconds = 301"}, "daemon.shutdown_timeout_seconds", "must be <= 300"),
     "backoff-initial-0": ({"web": {"backoff_initial_seconds": 0}}, "services.web.backoff_initial_seconds", "must be > 0"),
     "backoff-initial-3601": ({"web": {"backoff_initial_seconds": 3601}}, "services.web.backoff_initial_seconds", "must be <= 3600"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -549,6 +550,65 @@ def test_standing_by_while_another_daemon_holds_the_lease(world: World) -> None:
     assert decision is not None and decision.desired == 3
     assert ("ensure_load_balancer", SERVICE) in world.calls.entries
     assert world.metric("autoscaler_lease_held") == 1
+
+
+# --- a holder that hangs: the lease expires, and fences the holder --------------------------
+
+
+def test_a_holder_stopped_past_its_renew_deadline_acts_on_nothing_and_stands_by(world: World) -> None:
+    world.adopt(A)
+    controller = world.controller(lease=True, setup=False, max_replicas=4)
+    assert controller.run_cycle() is not None, "holds the lease and acts"
+    world.backend.cpu_cores[A] = 0.5  # 100 % of the limit: the policy wants more
+    world.clock.advance(40)  # SIGSTOP for 40 s: no renewal, and another daemon took the lease
+    world.lease.holder = "other-host:4242"
+    world.calls.entries.clear()
+
+    assert [controller.run_cycle() for _ in range(3)] == [None] * 3
+    world.tick(controller, 2)
+
+    assert not world.calls.ops() & CHANGES, "no change after it lost the lease"
+    assert world.metric("autoscaler_lease_held") == 0
+    assert controller.health.standby_holder == "other-host:4242"
+
+
+def test_a_stop_in_the_middle_of_a_pass_fences_the_rest_of_it(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    world.adopt(A)
+    world.backend.cpu_cores[A] = 0.5  # 100 % of the limit, target 60: wants 2
+    controller = world.controller(lease=True, setup=False, max_replicas=4)
+    controller.run_cycle()  # first reading
+    world.clock.advance(1)
+    world.backend.on_read_stats = lambda: world.clock.advance(40)  # stopped between measure and act
+    world.calls.entries.clear()
+
+    assert controller.run_cycle() is None, "the decided scale-out is not carried out"
+
+    assert "start_replica" not in world.calls.ops()
+    assert "lost the lease: acting on nothing until it is ours again" in caplog.text
+
+
+def test_the_lease_is_renewed_between_passes_but_not_for_a_pass_that_hangs(world: World) -> None:
+    world.adopt(A)
+    controller = world.controller(lease=True, setup=False)
+    controller.run_cycle()
+    taken = world.clock.now()
+    world.tick(controller, 6)
+    assert world.lease.renewals == [pytest.approx(taken + t) for t in (2, 4, 6)], "every retry period"
+
+    world.backend.hold_listing = threading.Event()  # the next pass hangs in a call
+    stuck = threading.Thread(target=controller.run_cycle)
+    stuck.start()
+    try:
+        assert world.backend.listing.wait(5)
+        pass_started = world.clock.now()
+        world.tick(controller, 20)
+        renewed_during_pass = [t for t in world.lease.renewals if t > pass_started]
+        assert renewed_during_pass, "a pass shorter than the renew deadline keeps the lease"
+        assert max(renewed_during_pass) < pass_started + world.lease.renew_deadline_seconds
+        assert not world.lease.held(), "a hung pass lets the lease go"
+    finally:
+        world.backend.hold_listing.set()
+        stuck.join(10)
 
 
 # --- dry run, metrics, logs --------------------------------------------------------------------

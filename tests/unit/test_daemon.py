@@ -175,3 +175,47 @@ def test_a_second_signal_exits_at_once(daemon, monkeypatch) -> None:  # type: ig
     assert d.should_exit.is_set() and exits == []
     d.handle_exit(signal.SIGTERM, None)
     assert exits == [1]
+
+
+def test_a_pass_that_overruns_its_interval_is_one_line_each_way_not_one_per_skipped_run(caplog) -> None:  # type: ignore[no-untyped-def]
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from autoscaler.engine.daemon import OverrunLog
+
+    release = threading.Event()
+    runs: list[int] = []
+
+    def slow_pass() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            release.wait(10)  # the first pass hangs until the test lets it go
+
+    scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None})
+    OverrunLog(lambda: 0.05).attach(scheduler)
+    caplog.set_level(logging.INFO)
+    scheduler.add_job(slow_pass, "interval", id="web", seconds=0.05)
+    scheduler.start()
+    try:
+        def lines(text: str) -> list[logging.LogRecord]:
+            return [r for r in caplog.records if text in r.getMessage()]
+
+        deadline = threading.Event()
+        for _ in range(200):  # hang guard only: the first skipped run comes within an interval or two
+            if lines("still running"):
+                break
+            deadline.wait(0.05)
+        deadline.wait(0.3)  # several more intervals are skipped meanwhile
+        release.set()
+        for _ in range(200):
+            if lines("ended after"):
+                break
+            deadline.wait(0.05)
+    finally:
+        release.set()
+        scheduler.shutdown(wait=True)
+    (started,) = lines("still running")
+    (ended,) = lines("ended after")
+    assert started.service == "web" and ended.service == "web"  # type: ignore[attr-defined]
+    skipped = int(ended.getMessage().split("; ")[1].split()[0])
+    assert skipped >= 1, ended.getMessage()
+    assert not lines("maximum number of running instances"), "APScheduler's per-run warning is not shown"
