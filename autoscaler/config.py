@@ -397,6 +397,11 @@ class LoadBalancerConfig(_Model):
     # Swarm only: the node (id or hostname) that runs the load balancer; None = the manager the
     # daemon talks to (the daemon reaches the load balancer's admin socket on its own node).
     node: str | None = Field(None, min_length=1, max_length=128)
+    # Opt-in, as Envoy's per_try_timeout: a request without a response after this long is tried
+    # again on another replica (idempotent methods only: GET, HEAD, OPTIONS, PUT, DELETE), so
+    # that a replica that vanishes mid-request (a node that dies, a network that goes) costs a
+    # delay, not a failed request. Unset: one try, up to HAProxy's 60 s server timeout.
+    per_try_timeout_seconds: Annotated[float, Field(ge=0.01, le=MAX_TIMEOUT_SECONDS)] | None = None
 
     @property
     def publish_host_port(self) -> tuple[str, int]:

@@ -45,12 +45,15 @@ def lb_name(service: str) -> str:
 
 def lb_environment(spec: LoadBalancerSpec, name: str) -> dict[str, str]:
     """What deploy/haproxy/haproxy.cfg reads from its environment."""
-    return {
+    environment = {
         "HEALTH_PATH": spec.health_path,
         "BALANCE": spec.algorithm,
         "ADMIN_SOCKET": f"{LB_ADMIN_DIR}/{name}.sock",
         "ADMIN_UID": str(os.geteuid()),
     }
+    if spec.per_try_timeout_seconds is not None:
+        environment["PER_TRY_TIMEOUT"] = f"{max(1, round(spec.per_try_timeout_seconds * 1000))}ms"
+    return environment
 
 
 class AdminMount:

@@ -97,36 +97,42 @@ class _SkippedRunFilter(logging.Filter):
 
 
 class OverrunLog:
-    """One line when a service's pass overruns its interval (the next ones are skipped), one
-    when it ends, with how long it took and how many passes were skipped: not one per interval."""
+    """One line when a service's passes start overrunning their interval (the next ones are
+    skipped), one when a pass fits its interval again, with how long the episode lasted and how
+    many passes were skipped: not one line per skipped interval. Passes that each hang on a
+    frozen engine are one episode."""
 
     def __init__(self, interval_seconds: Callable[[], float], clock: Callable[[], float] = time.monotonic) -> None:
         self._interval_seconds = interval_seconds
         self._clock = clock
-        self._started: dict[str, float] = {}  # job id -> when its pass began
-        self._skipped: dict[str, int] = {}  # job id -> passes skipped in the current episode
         self._lock = threading.Lock()
+        self._started: dict[str, float] = {}  # job id -> when its current pass began
+        self._overran: dict[str, bool] = {}  # job id -> its current pass had a run skipped
+        self._episodes: dict[str, tuple[float, int]] = {}  # job id -> (episode start, runs skipped)
 
     def submitted(self, event: JobSubmissionEvent) -> None:
         with self._lock:
             self._started[event.job_id] = self._clock()
+            self._overran[event.job_id] = False
 
     def skipped(self, event: JobSubmissionEvent) -> None:
+        job = event.job_id
         with self._lock:
-            count = self._skipped.get(event.job_id, 0) + 1
-            self._skipped[event.job_id] = count
-            running = self._clock() - self._started.get(event.job_id, self._clock())
-        if count == 1:
-            log.warning("the pass is still running after %.0fs (interval %gs): skipping passes until it ends",
-                        running, self._interval_seconds(), extra={"service": event.job_id})
+            self._overran[job] = True
+            began, count = self._episodes.get(job, (self._started.get(job, self._clock()), 0))
+            self._episodes[job] = (began, count + 1)
+        if count == 0:
+            log.warning("the pass is still running after %.0fs (interval %gs): skipping passes until one fits",
+                        self._clock() - began, self._interval_seconds(), extra={"service": job})
 
     def finished(self, event: JobExecutionEvent) -> None:
+        job = event.job_id
         with self._lock:
-            skipped = self._skipped.pop(event.job_id, 0)
-            took = self._clock() - self._started.get(event.job_id, self._clock())
-        if skipped:
-            log.warning("the pass ended after %.0fs; %d pass(es) skipped meanwhile", took, skipped,
-                        extra={"service": event.job_id})
+            if job not in self._episodes or self._overran.get(job, False):
+                return
+            began, count = self._episodes.pop(job)
+        log.warning("passes fit their interval again after %.0fs of overrunning; %d pass(es) skipped",
+                    self._clock() - began, count, extra={"service": job})
 
     def attach(self, scheduler: BackgroundScheduler) -> None:
         logging.getLogger("apscheduler.scheduler").addFilter(_SkippedRunFilter())

@@ -48,6 +48,7 @@ def lb_spec(service: str, network: str, config: ServiceConfig) -> LoadBalancerSp
         health_path=config.health_path,
         algorithm=config.load_balancer.algorithm,
         node=config.load_balancer.node,
+        per_try_timeout_seconds=config.load_balancer.per_try_timeout_seconds,
     )
 
 

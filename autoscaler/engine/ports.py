@@ -131,13 +131,18 @@ class LoadBalancerSpec:
     health_path: str
     algorithm: str = "roundrobin"
     node: str | None = None  # Swarm: the node that runs it (None: the daemon's)
+    per_try_timeout_seconds: float | None = None  # retry a request without a response after this long
 
     def fingerprint(self) -> str:
         """What a load balancer was created from; an adopted one that differs is re-created."""
         fields: list[object] = [self.image, self.network, self.publish_host, self.publish_port, self.health_path,
                                 self.algorithm]
+        # Optional fields count only when set, so that load balancers created before they
+        # existed are adopted as they are.
         if self.node is not None:
             fields.append(self.node)
+        if self.per_try_timeout_seconds is not None:
+            fields.append(["per_try_timeout_seconds", self.per_try_timeout_seconds])
         return hashlib.sha256(json.dumps(fields).encode()).hexdigest()[:16]
 
 

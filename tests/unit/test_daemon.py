@@ -177,7 +177,7 @@ def test_a_second_signal_exits_at_once(daemon, monkeypatch) -> None:  # type: ig
     assert exits == [1]
 
 
-def test_a_pass_that_overruns_its_interval_is_one_line_each_way_not_one_per_skipped_run(caplog) -> None:  # type: ignore[no-untyped-def]
+def test_passes_that_overrun_their_interval_are_one_line_each_way_not_one_per_skipped_run(caplog) -> None:  # type: ignore[no-untyped-def]
     from apscheduler.schedulers.background import BackgroundScheduler
 
     from autoscaler.engine.daemon import OverrunLog
@@ -207,14 +207,14 @@ def test_a_pass_that_overruns_its_interval_is_one_line_each_way_not_one_per_skip
         deadline.wait(0.3)  # several more intervals are skipped meanwhile
         release.set()
         for _ in range(200):
-            if lines("ended after"):
+            if lines("fit their interval again"):
                 break
             deadline.wait(0.05)
     finally:
         release.set()
         scheduler.shutdown(wait=True)
     (started,) = lines("still running")
-    (ended,) = lines("ended after")
+    (ended,) = lines("fit their interval again")
     assert started.service == "web" and ended.service == "web"  # type: ignore[attr-defined]
     skipped = int(ended.getMessage().split("; ")[1].split()[0])
     assert skipped >= 1, ended.getMessage()
