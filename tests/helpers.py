@@ -41,37 +41,56 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Faults' windows for Traffic: name -> (start, end, the fewest requests in flight or sent inside
+# it that make a claim about it mean something); times are time.monotonic().
+Windows = dict[str, tuple[float, float, int]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One request: when it was sent and answered (monotonic), and who answered or why it failed."""
+
+    sent_at: float
+    done_at: float
+    host: str | None
+    error: str | None
+
+
 class Traffic:
-    """Closed-loop clients through the load balancer, recording every outcome."""
+    """Closed-loop clients through the load balancer, recording every request with its times.
+
+    A request counts as failed unless it gets a 200 with a JSON object naming the replica that
+    answered: a malformed reply is a failure, never a client thread that dies unseen.
+    """
 
     def __init__(self, port: int, host: str = "127.0.0.1", timeout_seconds: float = 30) -> None:
         self.port = port
         self.host = host
         self.timeout_seconds = timeout_seconds
         self.lock = threading.Lock()
-        self.sent = 0
-        self.failures: list[str] = []
-        self.hosts: list[tuple[float, str]] = []
+        self.outcomes: list[Outcome] = []
         self._stops: list[threading.Event] = []
         self._threads: list[threading.Thread] = []
 
     def _one(self, cpu_ms: int) -> None:
+        sent_at = time.monotonic()
+        host: str | None = None
+        error: str | None = None
         try:
             with urllib.request.urlopen(f"http://{self.host}:{self.port}/work?cpu_ms={cpu_ms}",
                                         timeout=self.timeout_seconds) as r:
+                status_code = r.status
                 body = json.load(r)
-                ok = r.status == 200
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            with self.lock:
-                self.sent += 1
-                self.failures.append(f"{time.monotonic():.1f}: {exc!r}")
-            return
-        with self.lock:
-            self.sent += 1
-            if ok:
-                self.hosts.append((time.monotonic(), body["hostname"]))
+            if status_code != 200:
+                error = f"status {status_code}"
+            elif not isinstance(body, dict) or not isinstance(body.get("hostname"), str):
+                error = f"malformed reply {str(body)[:80]!r}"
             else:
-                self.failures.append(f"status {r.status}")
+                host = body["hostname"]
+        except Exception as exc:  # noqa: BLE001 - whatever goes wrong, the request failed
+            error = repr(exc)
+        with self.lock:
+            self.outcomes.append(Outcome(sent_at, time.monotonic(), host, error))
 
     def start(self, workers: int, cpu_ms: int, pause_seconds: float) -> threading.Event:
         stop = threading.Event()
@@ -95,9 +114,41 @@ class Traffic:
         for thread in self._threads:
             thread.join(40)
 
+    @property
+    def sent(self) -> int:
+        with self.lock:
+            return len(self.outcomes)
+
+    @property
+    def failures(self) -> list[str]:
+        with self.lock:
+            return [f"{o.sent_at:.1f}: {o.error}" for o in self.outcomes if o.error is not None]
+
+    def during(self, start: float, end: float) -> int:
+        """Requests that met the window: in flight at its start or sent inside it."""
+        with self.lock:
+            return sum(1 for o in self.outcomes if o.sent_at <= end and o.done_at >= start)
+
     def hosts_since(self, since: float) -> set[str]:
         with self.lock:
-            return {host for at, host in self.hosts if at >= since}
+            return {o.host for o in self.outcomes if o.host is not None and o.done_at >= since}
+
+    def counts(self, windows: Windows | None = None) -> str:
+        """"F of N" failed, with the number that met each window (in flight or sent), e.g. "0 of 412 (kill -> replaced: 31)"."""
+        text = f"{len(self.failures)} of {self.sent}"
+        if windows:
+            text += " (" + ", ".join(f"{name}: {self.during(start, end)}" for name, (start, end, _) in windows.items()) + ")"
+        return text
+
+    def assert_served(self, at_least: int, windows: Windows | None = None, failed_at_most: int = 0) -> str:
+        """No request failed (or at most `failed_at_most`), and enough were sent for that to mean
+        something: `at_least` in all, and inside each fault's window its minimum."""
+        counts = self.counts(windows)
+        assert len(self.failures) <= failed_at_most, f"{counts} failed (at most {failed_at_most}): {self.failures[:10]}"
+        assert self.sent >= at_least, f"{counts}: at least {at_least} requests make the claim"
+        for name, (start, end, minimum) in (windows or {}).items():
+            assert self.during(start, end) >= minimum, f"{counts}: at least {minimum} {name} make the claim"
+        return counts
 
 
 def status(metrics_port: int, service: str) -> dict:

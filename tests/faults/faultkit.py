@@ -110,14 +110,80 @@ def wait_until(predicate: Callable[[], Any], timeout_seconds: float, what: str, 
     raise AssertionError(f"timed out after {timeout_seconds}s waiting for {what} (last: {last!r})")
 
 
-def replicas_created(docker_client, service: str, since: float, until: float | None = None) -> list[str]:  # type: ignore[no-untyped-def]
-    """Names of the replica containers the engine created for `service` in [since, until]."""
+def creations(docker_client, service: str, since: float, role: str = "replica") -> list[tuple[float, str]]:  # type: ignore[no-untyped-def]
+    """(time, name) of each container of `role` the engine created for `service` since `since`
+    (wall clock, as the engine reports it)."""
     events = docker_client.events(
-        since=int(since), until=int(until or time.time()) + 1, decode=True,
-        filters={"type": "container", "event": "create", "label": [f"autoscaler.service={service}", "autoscaler.role=replica"]},
+        since=int(since), until=int(time.time()) + 1, decode=True,
+        filters={"type": "container", "event": "create", "label": [f"autoscaler.service={service}", f"autoscaler.role={role}"]},
     )
     # The API's `since` is whole seconds: the event's own nanoseconds decide.
-    return [e["Actor"]["Attributes"].get("name", "") for e in events if e.get("timeNano", 0) >= since * 1e9]
+    return [(e["timeNano"] / 1e9, e["Actor"]["Attributes"].get("name", "")) for e in events if e.get("timeNano", 0) >= since * 1e9]
+
+
+def replicas_created(docker_client, service: str, since: float) -> list[str]:  # type: ignore[no-untyped-def]
+    """Names of the replica containers the engine created for `service` since `since`."""
+    return [name for _, name in creations(docker_client, service, since)]
+
+
+def backoff_delay_seconds(failures: int, initial_seconds: float = 1, max_seconds: float = 60) -> float:
+    """The configured backoff (backoff_initial_seconds doubling up to backoff_max_seconds)."""
+    return min(max_seconds, initial_seconds * 2.0 ** (failures - 1))
+
+
+def check_backoff(attempts: list[float], end: float, fail_seconds: float, slack_seconds: float = 10) -> str:
+    """Asserts that start attempts (the engine's create times) keep the backoff's schedule.
+
+    After the k-th failed attempt the next one comes no sooner than the attempt took to fail
+    (`fail_seconds`) plus the k-th delay: a lower bound that no slow machine breaks. The upper
+    bound, that delay plus `slack_seconds` (noticing the failure, an interval, a loaded
+    machine), is only a hang guard: a retry that is never made. Returns the count and the
+    range the schedule allows from the first attempt to `end`, as text for the results.
+    """
+    assert attempts, "no attempt at all"
+    due = [backoff_delay_seconds(k) + fail_seconds for k in range(1, len(attempts) + 1)]
+    gaps = [later - earlier for earlier, later in zip(attempts, attempts[1:])]
+    for k, gap in enumerate(gaps):
+        # 0.25 s: the engine stamps the event a moment after the container's own creation time,
+        # from which a check's timeout counts.
+        assert gap >= due[k] - 0.25, f"attempt {k + 2} came {gap:.2f}s after the one before, sooner than {due[k]:.1f}s: {gaps}"
+        assert gap <= due[k] + slack_seconds, f"attempt {k + 2} came {gap:.2f}s after the one before (due after {due[k]:.1f}s)"
+    assert end - attempts[-1] <= due[-1] + slack_seconds, f"no attempt for {end - attempts[-1]:.1f}s after the last (due after {due[-1]:.1f}s)"
+
+    def count_by(extra: float) -> int:  # attempts made by `end` when each waits its due time plus extra
+        count, at = 1, attempts[0]
+        while at + backoff_delay_seconds(count) + fail_seconds + extra <= end:
+            at += backoff_delay_seconds(count) + fail_seconds + extra
+            count += 1
+        return count
+
+    fewest, most = count_by(slack_seconds), count_by(0)
+    assert fewest <= len(attempts) <= most
+    return f"{len(attempts)} in {end - attempts[0]:.0f} s (the backoff allows {fewest}-{most})"
+
+
+def watch_decisions(daemon: DaemonProcess, seconds: float) -> list[float]:
+    """Watches /status for `seconds`; returns the time (wall clock) of each decision seen."""
+    wait_until(lambda: daemon.status()["last_decision"], 30, "the daemon's first decision")
+    seen: set[float] = set()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            seen.add(daemon.status()["last_decision"]["at"])
+        except (urllib.error.URLError, OSError, KeyError, TypeError):
+            pass
+        time.sleep(0.25)
+    return sorted(seen)
+
+
+def check_decisions_go_on(decisions: list[float], attempts: list[float], end: float) -> None:
+    """Decisions went on while starts waited: each wait of 2 s or more between attempts, and the
+    time after the last one, had a decision in it (the order, not its timing)."""
+    waits = list(zip(attempts, attempts[1:])) + [(attempts[-1], end)]
+    for start, stop in waits:
+        if stop - start >= 2:
+            assert any(start < at < stop for at in decisions), (
+                f"no decision between {start:.1f} and {stop:.1f} (decisions at {decisions})")
 
 
 def running_replicas(docker_client, service: str) -> list[Any]:  # type: ignore[no-untyped-def]

@@ -14,11 +14,15 @@ import pytest
 
 from faultkit import (
     DaemonFactory,
+    check_backoff,
+    check_decisions_go_on,
+    creations,
     dockerd_command,
     running_replicas,
     start_dockerd,
     stop_dockerd,
     wait_until,
+    watch_decisions,
 )
 from helpers import Traffic
 
@@ -32,13 +36,6 @@ def fetch(port: int, path: str, timeout: float = 5) -> dict:
 
 def load_balancers(client, service: str) -> list:  # type: ignore[no-untyped-def]
     return client.containers.list(all=True, filters={"label": [f"autoscaler.service={service}", "autoscaler.role=load-balancer"]})
-
-
-def lb_created(client, service: str, since: float) -> int:  # type: ignore[no-untyped-def]
-    events = client.events(since=int(since), until=int(time.time()) + 1, decode=True, filters={
-        "type": "container", "event": "create",
-        "label": [f"autoscaler.service={service}", "autoscaler.role=load-balancer"]})
-    return len([e for e in events if e.get("timeNano", 0) >= since * 1e9])
 
 
 def test_the_engine_stopped_and_started_again(daemons: DaemonFactory, fault_results) -> None:  # type: ignore[no-untyped-def]
@@ -80,7 +77,6 @@ def test_the_engine_stopped_and_started_again(daemons: DaemonFactory, fault_resu
     assert daemon.stop() == 0
     fault_results(f"dockerd stopped, started again (interval {interval} s)",
                   f"{recovery:.1f} s after the engine answered", "all while the engine is down", "2 (the engine stopped them)")
-    assert recovery <= 2 * interval + 2, f"{recovery:.1f}s: two intervals (and the replicas' start) at most"
 
 
 def test_a_killed_load_balancer_comes_back_with_its_members(docker_client, daemons: DaemonFactory, fault_results) -> None:  # type: ignore[no-untyped-def]
@@ -97,15 +93,18 @@ def test_a_killed_load_balancer_comes_back_with_its_members(docker_client, daemo
         wait_until(lambda: fetch(daemons.lb_port, "/healthz")["status"] == "ok"
                    and daemon.status()["load_balancer"]["up"] and daemon.status()["replicas"]["ready"] == 2,
                    30, "the load balancer back with both replicas")
-        recovery = time.monotonic() - killed
+        back = time.monotonic()
         time.sleep(1)
     finally:
         traffic.stop_all()
     assert len(load_balancers(docker_client, daemons.service)) == 1
     assert "Traceback" not in daemon.log()
     assert daemon.stop() == 0
-    fault_results("load balancer killed (docker kill)", f"{recovery:.1f} s", f"{len(traffic.failures)} of {traffic.sent}",
+    failed = traffic.counts({"from the kill to its return": (killed, back, 0)})
+    fault_results("load balancer killed (docker kill)", f"{back - killed:.1f} s", failed,
                   "0 replicas", "clients have one address: requests fail while it is down")
+    # Requests fail only while it is down: every one sent after it came back was served.
+    assert not [o for o in traffic.outcomes if o.sent_at > back and o.error], traffic.failures
 
 
 def test_a_load_balancer_that_cannot_start_backs_off_and_recovers(docker_client, daemons: DaemonFactory, fault_results) -> None:  # type: ignore[no-untyped-def]
@@ -120,11 +119,10 @@ def test_a_load_balancer_that_cannot_start_backs_off_and_recovers(docker_client,
     blocker.bind(("127.0.0.1", daemons.lb_port))  # someone else took the address meanwhile
     blocker.listen()
     try:
-        time.sleep(20)
-        attempts = lb_created(docker_client, daemons.service, since)
-        status = daemon.status()
-        assert status["last_decision"]["age_seconds"] < 3, "decisions go on"
-        assert not status["load_balancer"]["up"]
+        decisions = watch_decisions(daemon, 20)
+        end = time.time()
+        attempts = [at for at, _ in creations(docker_client, daemons.service, since, role="load-balancer")]
+        assert not daemon.status()["load_balancer"]["up"]
     finally:
         blocker.close()
     freed = time.monotonic()
@@ -132,9 +130,10 @@ def test_a_load_balancer_that_cannot_start_backs_off_and_recovers(docker_client,
     recovery = time.monotonic() - freed
     log = daemon.log()
     assert daemon.stop() == 0
-    # 1 s doubling: ~0, 1, 3, 7, 15 s: 5 or so, not 20.
-    assert 3 <= attempts <= 6, attempts
+    # Each attempt fails at once; 1 s doubling: ~0, 1, 3, 7, 15 s: 5 or so, not 20.
+    tried = check_backoff(attempts, end, fail_seconds=0)
+    check_decisions_go_on(decisions, attempts, end)
     assert log.count("cannot bring the load balancer back") <= 2, "logged when the reason changes, not each try"
     assert "Traceback" not in log
     fault_results("load balancer cannot start (address taken), 20 s", f"{recovery:.1f} s after the address was freed",
-                  "all while it is down", f"{attempts} load balancer attempts in 20 s")
+                  "all while it is down", f"load balancer attempts: {tried}")

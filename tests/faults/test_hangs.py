@@ -85,7 +85,6 @@ def test_a_frozen_engine_is_one_line_each_way_timed_from_its_start_and_the_servi
     traffic = Traffic(daemons.lb_port, timeout_seconds=10)
     traffic.start(workers=2, cpu_ms=1, pause_seconds=0.05)
     time.sleep(1)
-    sent_before = traffic.sent
     os.kill(pid, signal.SIGSTOP)
     frozen_at = time.monotonic()
     try:
@@ -94,7 +93,7 @@ def test_a_frozen_engine_is_one_line_each_way_timed_from_its_start_and_the_servi
         time.sleep(max(0.0, frozen_seconds - (time.monotonic() - frozen_at)))
     finally:
         os.kill(pid, signal.SIGCONT)
-    during = traffic.sent - sent_before
+    thawed = time.monotonic()
     wait_until(lambda: "Docker engine reachable again" in daemon.log(), 60, "the engine back")
     time.sleep(1)
     traffic.stop_all()
@@ -108,12 +107,12 @@ def test_a_frozen_engine_is_one_line_each_way_timed_from_its_start_and_the_servi
     assert "did not answer within" in log, "says how long it waited"
     assert "maximum number of running instances" not in log
     assert log.count("still running after") <= 1, "one line for the whole episode of passes that overran"
-    assert during >= 20, f"requests kept coming while the engine was frozen ({during})"
-    assert traffic.failures == [], traffic.failures[:5]
+    # Two clients with 50 ms pauses send hundreds while the engine is frozen: 40 is far below.
+    counts = traffic.assert_served(100, {"while the engine was frozen": (frozen_at, thawed, 40)})
     assert "Traceback" not in log
     assert daemon.stop() == 0
     fault_results(f"dockerd frozen (SIGSTOP) {frozen_seconds} s", f"noticed after {noticed - frozen_at:.1f} s",
-                  f"0 of {traffic.sent} ({during} while frozen)", "0", f"outage logged as {outage_seconds:.0f} s")
+                  counts, "0", f"outage logged as {outage_seconds:.0f} s")
 
 
 def test_a_replica_whose_network_vanishes_mid_request_costs_a_retry_with_a_per_try_timeout(
@@ -138,22 +137,21 @@ def test_a_replica_whose_network_vanishes_mid_request_costs_a_retry_with_a_per_t
         cut = time.monotonic()
         wait_until(lambda: not runtime.servers().get(victim.name, None) or not runtime.servers()[victim.name].serving,
                    30, "the victim out of rotation")
-        out_of_rotation = time.monotonic() - cut
+        out_at = time.monotonic()
         wait_until(lambda: daemon.status()["replicas"]["ready"] == 2
                    and victim.id not in {c.id for c in running_replicas(docker_client, daemons.service)}, 60,
                    "the victim replaced")
+        replaced_at = time.monotonic()
         time.sleep(1)
     finally:
         slow.stop_all()
         probe.stop_all()
-    sent = slow.sent + probe.sent
-    failed = slow.failures + probe.failures
     log = daemon.log()
     assert daemon.stop() == 0
-    fault_results("replica's network removed mid-request (per_try_timeout_seconds = 3)",
-                  f"out of rotation {out_of_rotation:.1f} s after the cut", f"{len(failed)} of {sent}",
-                  "1", f"{in_flight} request(s) in flight on it, retried on the other replica")
-    assert in_flight >= 1
-    assert slow.sent >= 8 and probe.sent >= 20, (slow.sent, probe.sent)
-    assert failed == [], failed[:5]
+    assert in_flight >= 1, "a request was in flight on the replica when its network went"
+    slow_counts = slow.assert_served(10, {"cut -> out of rotation": (cut, out_at, 2)})
+    probe_counts = probe.assert_served(20, {"cut -> replaced": (cut, replaced_at, 5)})
     assert "Traceback" not in log
+    fault_results("replica's network removed mid-request (per_try_timeout_seconds = 3)",
+                  f"out of rotation {out_at - cut:.1f} s after the cut", f"slow {slow_counts}; probe {probe_counts}",
+                  "1", f"{in_flight} request(s) in flight on it, retried on the other replica")

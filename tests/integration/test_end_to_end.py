@@ -56,15 +56,18 @@ drain_timeout_seconds = 10
             lambda: status(metrics_port, service_name)["replicas"] == {"ready": 1, "starting": 0, "draining": 0},
             120, "back to 1 replica",
         )
-        scaled_in_seconds = time.monotonic() - load_stopped
+        scaled_in = time.monotonic()
+        scaled_in_seconds = scaled_in - load_stopped
 
         # Stopping the daemon is not an outage, and a restart adopts instead of duplicating.
+        stopping = time.monotonic()
         assert stop_daemon(daemon) == 0
         before = served_by(docker_client, service_name)
         time.sleep(1.5)
         daemon = start_daemon(config, log_path)
         wait_for(lambda: status(metrics_port, service_name)["last_decision"], 30, "a decision after restart")
         time.sleep(3)
+        restarted = time.monotonic()
         after = served_by(docker_client, service_name)
         assert after == before, "the restarted daemon adopted the same load balancer and replica"
 
@@ -84,11 +87,14 @@ drain_timeout_seconds = 10
             daemon.kill()
             daemon.wait()
     log_text = log_path.read_text()
-    print(
-        f"\ne2e: load start -> 3 ready in {scaled_out_seconds:.1f}s; load stop -> 1 in {scaled_in_seconds:.1f}s; "
-        f"{traffic.sent} requests, {len(traffic.failures)} failed"
-    )
-    assert traffic.failures == [], f"failed requests: {traffic.failures[:10]}\n{log_text[-3000:]}"
+    print(f"\ne2e: load start -> 3 ready in {scaled_out_seconds:.1f}s; load stop -> 1 in {scaled_in_seconds:.1f}s; "
+          f"{traffic.sent} requests, {len(traffic.failures)} failed")
+    # The probe alone sends ~8 a second (0.1 s pause): the scale-in takes >= 8 s of stabilization
+    # and the restart >= 4.5 s; the minimums are a fifth of that, the whole run's a tenth.
+    print("e2e: failed requests " + traffic.assert_served(at_least=100, windows={
+        "load stop -> back to 1": (load_stopped, scaled_in, 12),
+        "daemon stop -> restarted": (stopping, restarted, 7),
+    }))
     assert "Traceback" not in log_text, log_text[-3000:]
     assert "reason=scale_up" in log_text or "reason=too_many_replicas" in log_text
     assert "reason=scale_down" in log_text

@@ -69,15 +69,19 @@ drain_timeout_seconds = 10
                    "back to 1 task")
         scaled_in = time.monotonic() - stopped
         wait_until(lambda: len(lab.tasks(swarm_daemons.service)) == 1, 60, "Swarm down to 1 running task")
+        removed = time.monotonic()
         time.sleep(2)
     finally:
         traffic.stop_all()
     log = daemon.log()
     assert daemon.stop() == 0
+    # The probe alone sends ~8 a second (a 0.1 s pause) through the scale-in, which takes >= 10 s
+    # of stabilization; the minimums are about a fifth of that, the whole run's a tenth.
+    windows = {"load stop -> Swarm down to 1 task": (stopped, removed, 15)}
     RESULTS.append(f"scale-out to >= 3 on {len(nodes)} nodes in {scaled_out:.1f} s, back to 1 in {scaled_in:.1f} s; "
-                   f"{traffic.sent} requests, {len(traffic.failures)} failed")
+                   f"failed requests {traffic.counts(windows)}")
     print("\nswarm: " + RESULTS[-1])
-    assert traffic.failures == [], traffic.failures[:10]
+    traffic.assert_served(at_least=60, windows=windows)
     assert "marked for removal by the orchestrator" in log, "each leaving task was drained first"
     assert "Traceback" not in log
 
@@ -175,15 +179,35 @@ def test_a_worker_node_killed_under_load(lab: Lab, swarm_daemons: SwarmDaemons) 
     daemon = swarm_daemons.start(config)
     wait_until(lambda: ready(daemon) == 3, 120, "3 ready tasks")
     nodes = lab.nodes()
-    victim_tasks = [t for t in lab.tasks(swarm_daemons.service) if nodes[t["NodeID"]] == "swarmlab-worker2"]
+    # The node to kill: a worker (the manager runs the load balancer) with the most tasks on it.
+    on_node: dict[str, list[dict]] = {}
+    for task in lab.tasks(swarm_daemons.service):
+        on_node.setdefault(nodes[task["NodeID"]], []).append(task)
+    on_workers = {host: tasks for host, tasks in on_node.items() if "worker" in host}
+    assert on_workers, f"no task on a worker: {sorted(on_node)}"
+    victim = max(sorted(on_workers), key=lambda host: len(on_workers[host]))
+    victim_tasks = on_workers[victim]
+    victim_servers = {f"autoscaler-{swarm_daemons.service}.{t['Slot']}.{t['ID']}" for t in victim_tasks}
+    victim_hosts = {t["Status"]["ContainerStatus"]["ContainerID"][:12] for t in victim_tasks}
+    runtime = HAProxyRuntime(f"/run/autoscaler/autoscaler-{swarm_daemons.service}-lb.sock")
+
+    def in_flight_on_victim() -> int:
+        return sum(s.sessions_current for name, s in runtime.servers().items() if name in victim_servers)
+
     workers = 4
     traffic = Traffic(swarm_daemons.lb_port, host=lab.manager_ip, timeout_seconds=10)
+    loaded = time.monotonic()
     traffic.start(workers=workers, cpu_ms=5, pause_seconds=0.05)
     try:
         time.sleep(2)
+        served_before = traffic.hosts_since(loaded)
+        # In flight on the node at the kill: HAProxy's current sessions on its tasks just before
+        # the kill and just after it (requests sent to it meanwhile are in flight on it too).
+        in_flight = in_flight_on_victim()
         killed = time.monotonic()
-        subprocess.run(["docker", "kill", "swarmlab-worker2"], check=True, capture_output=True)
-        dead_ids = {nid for nid, host in nodes.items() if host == "swarmlab-worker2"}
+        subprocess.run(["docker", "kill", victim], check=True, capture_output=True)
+        in_flight = max(in_flight, in_flight_on_victim())
+        dead_ids = {nid for nid, host in nodes.items() if host == victim}
 
         def recovered() -> bool:
             tasks = lab.tasks(swarm_daemons.service)
@@ -191,21 +215,26 @@ def test_a_worker_node_killed_under_load(lab: Lab, swarm_daemons: SwarmDaemons) 
                     and daemon.status()["replicas"]["ready"] == 3)
 
         wait_until(recovered, 120, "3 tasks serving on the remaining nodes")
-        recovery = time.monotonic() - killed
+        recovery = time.monotonic()
         time.sleep(3)
     finally:
         traffic.stop_all()
     # Membership is exactly the running tasks: the dead node's servers are gone.
-    socket_path = f"/run/autoscaler/autoscaler-{swarm_daemons.service}-lb.sock"
-    servers = HAProxyRuntime(socket_path).servers()
+    servers = runtime.servers()
     running = {f"autoscaler-{swarm_daemons.service}.{t['Slot']}.{t['ID']}" for t in lab.tasks(swarm_daemons.service)}
     assert {n for n, s in servers.items() if s.serving} == running
     log = daemon.log()
     assert daemon.stop() == 0
-    RESULTS.append(f"worker node killed with {len(victim_tasks)} of 3 tasks on it: recovered in {recovery:.1f} s; "
-                   f"{len(traffic.failures)} of {traffic.sent} requests failed (at most {workers} in flight)")
+    # 4 clients send ~60 a second (5 ms of CPU, a 0.05 s pause each), and the recovery takes
+    # >= 10 s (the node's tasks are rescheduled once the manager declares it down); the minimums
+    # are about a tenth of that.
+    windows = {"from the kill to 3 tasks serving": (killed, recovery, 50)}
+    RESULTS.append(f"{victim} killed with {len(victim_tasks)} of 3 tasks on it, {in_flight} requests in flight on it: "
+                   f"recovered in {recovery - killed:.1f} s; failed requests {traffic.counts(windows)}")
     print("\nswarm: " + RESULTS[-1])
-    assert len(traffic.failures) <= workers * max(1, len(victim_tasks)), traffic.failures
+    assert served_before & victim_hosts, f"the killed node's tasks {victim_hosts} served before it: {served_before}"
+    # Only what was in flight on the node may fail: HAProxy retries the rest elsewhere.
+    traffic.assert_served(at_least=100, windows=windows, failed_at_most=in_flight)
     assert "Traceback" not in log
     for line in RESULTS:
         print("swarm result: " + line)
@@ -272,7 +301,8 @@ def test_the_shipped_stack_deploys_and_scales_its_web_service(lab: Lab, tmp_path
                     volume.remove(force=True)
                 except docker.errors.APIError:
                     pass
-    assert traffic.failures == [], traffic.failures[:5]
+    # 4 clients, ~0.12 s a request (30 ms of CPU at 0.25 cores), for the >= 2 s of a scale-out.
+    print("\nswarm: the stack's web scaled out; failed requests " + traffic.assert_served(at_least=20))
 
 
 def test_the_prometheus_source_reads_the_agents_through_a_real_prometheus(lab: Lab, swarm_daemons: SwarmDaemons, tmp_path) -> None:  # type: ignore[no-untyped-def]
