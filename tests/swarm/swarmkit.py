@@ -53,7 +53,7 @@ class Lab:
 
 
 def swarm_config(service: str, lb_port: int, *, service_keys: str = "", policy: str = "",
-                 interval_seconds: float = 1) -> str:
+                 interval_seconds: float = 1, lb_keys: str = "") -> str:
     return f"""
 [daemon]
 interval_seconds = {interval_seconds}
@@ -70,6 +70,7 @@ memory_limit = "128MiB"
 
 [services.{service}.load_balancer]
 publish = "0.0.0.0:{lb_port}"
+{lb_keys}
 
 [services.{service}.policy]
 initialization_seconds = 0
