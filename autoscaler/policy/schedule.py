@@ -6,15 +6,22 @@ import math
 
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
+from zoneinfo import ZoneInfo
 
 from apscheduler.triggers.cron import CronTrigger
 
-from autoscaler.config import ScheduleWindow, ServiceConfig, crontab_trigger
+from autoscaler.config import ScheduleWindow, ServiceConfig, crontab_expression
 from autoscaler.model import Bounds
 
 # Cron triggers fire on whole seconds.
 _RESOLUTION = timedelta(seconds=1)
 _UTC = timezone.utc
+
+
+def crontab_trigger(cron: str, timezone: str) -> CronTrigger:
+    """An APScheduler trigger that fires as crontab would (weekday numbers as crontab's)."""
+    return CronTrigger.from_crontab(crontab_expression(cron), timezone=ZoneInfo(timezone))
+
 
 @lru_cache(maxsize=256)
 def _trigger(cron: str, timezone: str) -> CronTrigger:
