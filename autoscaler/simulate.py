@@ -112,7 +112,7 @@ def _read_plain_trace(path: str | os.PathLike[str]) -> Trace | None:
         return None
     body = lines[1:]
     # Every row has the header's width, and there is no blank row.
-    if set(map(operator.methodcaller("count", ","), body)) != {len(header) - 1} or "" in body:
+    if set(map(str.count, body, repeat(","))) != {len(header) - 1} or "" in body:
         return None
     joined = ",".join(body)
     if "_" in joined:  # float() takes "1_000"; no CSV writer means a number by it
