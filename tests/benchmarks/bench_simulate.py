@@ -3,7 +3,8 @@
 Each case runs twice in the same process, best of 3 runs each: with the current stabilization
 windows (monotonic stacks, amortized O(1) a step) and with the previous ones, kept below: each
 step scanned both windows (bisection, then min/max over the window) and appended its
-recommendation to a tuple (a copy of the window). Both must give the same timeline; the script
+recommendation to a tuple (a copy of the window; History.pruned hands back a Recommendations
+every few hundred steps, which the next step copies into a tuple again). Both must give the same timeline; the script
 prints both times and the ratio current/previous.
 
 Cases: the trace read, then simulated at the example config's interval (5 s) and at the HPA's
@@ -23,16 +24,15 @@ import random
 import sys
 import tempfile
 import time
-from bisect import bisect_right
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from operator import attrgetter
 from pathlib import Path
 from typing import TypeVar
 
 from autoscaler.config import ServiceConfig, load_config
 from autoscaler.model import TimedValue
 from autoscaler.policy import evaluate as evaluate_module
+from autoscaler.policy.behavior import stabilize_recommendation
 from autoscaler.simulate import Result, read_trace, simulate
 
 ROWS = 604_800
@@ -67,11 +67,8 @@ def timed(fn: Callable[[], T], repeat: int = 3) -> tuple[float, T]:
 
 # --- the previous stabilization windows -----------------------------------------------------
 
-_at_seconds = attrgetter("at_seconds")
-_value = attrgetter("value")
 
-
-def scanned_stabilize(
+def rescanning_stabilize(
     recommendations: Sequence[TimedValue],
     desired: int,
     current: int,
@@ -79,24 +76,11 @@ def scanned_stabilize(
     up_window_seconds: float,
     down_window_seconds: float,
 ) -> tuple[int, tuple[TimedValue, ...]]:
-    """policy.behavior.stabilize as it was before the monotonic stacks: O(window) a step."""
-    # History.pruned hands back a Recommendations once it drops old entries (every few hundred
-    # steps); the previous history was a tuple throughout.
-    entries = recommendations if isinstance(recommendations, tuple) else tuple(recommendations)
-    up_recommendation = down_recommendation = desired
-    if entries:
-        newest = entries[-1].at_seconds
-        if newest > now - up_window_seconds:  # else the window is empty (the default: 0 s)
-            start = bisect_right(entries, now - up_window_seconds, key=_at_seconds)
-            up_recommendation = min(desired, min(map(_value, entries[start:]), default=desired))
-        if newest > now - down_window_seconds:
-            start = bisect_right(entries, now - down_window_seconds, key=_at_seconds)
-            down_recommendation = max(desired, max(map(_value, entries[start:]), default=desired))
-    stabilized = current
-    if stabilized < up_recommendation:
-        stabilized = up_recommendation
-    if stabilized > down_recommendation:
-        stabilized = down_recommendation
+    """Stabilization as it was before Recommendations: a scan of each window (what
+    stabilize_recommendation does on a tuple), and a tuple that grows by copying. The unit tests
+    replay through it too, to check that the current windows give the same timelines."""
+    entries = tuple(recommendations)
+    stabilized = stabilize_recommendation(entries, desired, current, now, up_window_seconds, down_window_seconds)
     return stabilized, entries + (TimedValue(now, desired),)
 
 
@@ -104,7 +88,7 @@ def scanned_stabilize(
 def previous_windows() -> Iterator[None]:
     """evaluate() with the scanned windows, for as long as the block runs."""
     current = evaluate_module.stabilize
-    evaluate_module.stabilize = scanned_stabilize  # type: ignore[assignment]
+    evaluate_module.stabilize = rescanning_stabilize  # type: ignore[assignment]
     try:
         yield
     finally:
