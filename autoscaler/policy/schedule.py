@@ -6,15 +6,27 @@ import math
 
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
+from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
-from apscheduler.triggers.cron import CronTrigger
-
-from autoscaler.config import ScheduleWindow, ServiceConfig, crontab_trigger
+from autoscaler.config import ScheduleWindow, ServiceConfig, crontab_expression
 from autoscaler.model import Bounds
+
+if TYPE_CHECKING:
+    from apscheduler.triggers.cron import CronTrigger
 
 # Cron triggers fire on whole seconds.
 _RESOLUTION = timedelta(seconds=1)
 _UTC = timezone.utc
+
+
+def crontab_trigger(cron: str, timezone: str) -> CronTrigger:
+    """An APScheduler trigger that fires as crontab would (weekday numbers as crontab's)."""
+    # Imported on first use: `decide` and `simulate` of a service with no schedule never need it.
+    from apscheduler.triggers.cron import CronTrigger
+
+    return CronTrigger.from_crontab(crontab_expression(cron), timezone=ZoneInfo(timezone))
+
 
 @lru_cache(maxsize=256)
 def _trigger(cron: str, timezone: str) -> CronTrigger:

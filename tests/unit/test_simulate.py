@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,7 @@ import pytest
 
 from autoscaler.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
 from autoscaler.config import ServiceConfig
-from autoscaler.model import TimedValue
 from autoscaler.policy import evaluate as evaluate_module
-from autoscaler.policy.behavior import stabilize_recommendation
 from autoscaler.simulate import (
     DEFAULT_START,
     MAX_SIMULATED_STEPS,
@@ -43,6 +40,9 @@ from autoscaler.simulate import (
     simulate,
     write_timeline,
 )
+
+# The previous stabilization windows live with the benchmark that times the current ones against them.
+from benchmarks.bench_simulate import rescanning_stabilize
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -233,21 +233,6 @@ def noisy_trace(rows: int, seed: int, memory: bool = False) -> Trace:
         cores.append(max(0.0, 0.1 + 2.5 * swing + (2.0 if burst else 0.0) + rng.gauss(0, 0.2)))
         memory_bytes.append(100e6 + 150e6 * swing + rng.random() * 4e7)
     return Trace(times, cores, memory_bytes if memory else None)
-
-
-def rescanning_stabilize(
-    recommendations: Sequence[TimedValue],
-    desired: int,
-    current: int,
-    now: float,
-    up_window_seconds: float,
-    down_window_seconds: float,
-) -> tuple[int, tuple[TimedValue, ...]]:
-    """Stabilization as it was before Recommendations: a scan of each window, and a tuple that
-    grows by copying."""
-    entries = tuple(recommendations)
-    stabilized = stabilize_recommendation(entries, desired, current, now, up_window_seconds, down_window_seconds)
-    return stabilized, entries + (TimedValue(now, desired),)
 
 
 IDENTITY_POLICIES: dict[str, dict[str, Any]] = {

@@ -1,0 +1,253 @@
+"""One scaled service: its replicas (image, limits, timeouts), where they run and are measured,
+its load balancer, policy and schedule."""
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from autoscaler.config.policy import PolicyConfig
+from autoscaler.config.schedule import ScheduleWindow
+from autoscaler.config.values import (
+    MAX_BACKOFF_INITIAL_SECONDS,
+    MAX_BACKOFF_SECONDS,
+    MAX_CPU_LIMIT_CORES,
+    MAX_MEMORY_LIMIT_BYTES,
+    MAX_REPLICAS,
+    MAX_TIMEOUT_SECONDS,
+    MIN_CPU_LIMIT_CORES,
+    MIN_MEMORY_LIMIT_BYTES,
+    ConfigModel,
+    HostPort,
+    ImageReference,
+    Loc,
+    parse_host_port,
+    parse_size,
+    raise_problems,
+    shown,
+)
+
+_DOCKER_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", re.ASCII)
+
+
+# Docker's predefined networks: no Docker DNS between containers there ("bridge"), or no
+# network of the container's own at all ("host", "none"); "default" is reserved.
+_PREDEFINED_NETWORKS = frozenset({"bridge", "host", "none", "default"})
+
+
+class LoadBalancerConfig(ConfigModel):
+    image: ImageReference = "autoscaler-haproxy:latest"
+    # On a Swarm the port is published with mode=host on the load balancer's node (the host
+    # part then only says where clients connect; the node listens on every address).
+    publish: HostPort
+    algorithm: Literal["roundrobin", "leastconn", "random", "first"] = "roundrobin"
+    # Swarm only: the node (id or hostname) that runs the load balancer; None = the manager the
+    # daemon talks to (the daemon reaches the load balancer's admin socket on its own node).
+    node: str | None = Field(None, min_length=1, max_length=128)
+    # Opt-in, as Envoy's per_try_timeout: a request without a response after this long is tried
+    # again on another replica (idempotent methods only: GET, HEAD, OPTIONS, PUT, DELETE), so
+    # that a replica that vanishes mid-request (a node that dies, a network that goes) costs a
+    # delay, not a failed request. Unset: one try, up to HAProxy's 60 s server timeout.
+    per_try_timeout_seconds: Annotated[float, Field(ge=0.01, le=MAX_TIMEOUT_SECONDS)] | None = None
+
+    @property
+    def publish_host_port(self) -> tuple[str, int]:
+        return parse_host_port(self.publish)
+
+
+class PrometheusSourceConfig(ConfigModel):
+    """metrics_source = "prometheus": PromQL against a Prometheus that scrapes cAdvisor (or the
+    agent). Each query returns one series per task, labelled with the task's id; `{service}` is
+    replaced by the Swarm service's name."""
+
+    url: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^https?://\S+$")]
+    # A counter: each task's cumulative CPU seconds (the daemon takes the rate between cycles).
+    cpu_query: str = Field(
+        'container_cpu_usage_seconds_total{{container_label_com_docker_swarm_service_name="{service}"}}',
+        min_length=1, max_length=4096,
+    )
+    # A gauge: each task's memory in use, without inactive page cache.
+    memory_query: str = Field(
+        'container_memory_working_set_bytes{{container_label_com_docker_swarm_service_name="{service}"}}',
+        min_length=1, max_length=4096,
+    )
+    # The label that carries the task id in both queries' results.
+    task_label: str = Field("container_label_com_docker_swarm_task_id", min_length=1, max_length=256)
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+    @field_validator("cpu_query", "memory_query")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        # PromQL's own braces are doubled ({{ }}); {service} is the only placeholder.
+        try:
+            value.format(service="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"not a query template ({exc}): write PromQL's braces doubled, e.g. "
+                "'metric{{container_label_com_docker_swarm_service_name=\"{service}\"}}'"
+            ) from None
+        return value
+
+
+class ServiceConfig(ConfigModel):
+    # Where the replicas run: "containers" on one engine (the daemon starts and removes them),
+    # or "swarm": a replicated Swarm service whose replica count the daemon sets.
+    backend: Literal["containers", "swarm"] = "containers"
+    # Swarm only: adopt this existing service (it must carry the label autoscaler.service=<name>)
+    # instead of creating "autoscaler-<name>".
+    swarm_service: Annotated[str, Field(min_length=1, max_length=63)] | None = None
+    # Where CPU and memory come from: "docker" (cgroup files, else the Docker API: one engine),
+    # "agent" (autoscaler agent on every Swarm node), "prometheus" (PromQL). None: docker for
+    # containers, agent for swarm.
+    metrics_source: Literal["docker", "agent", "prometheus"] | None = None
+    prometheus: PrometheusSourceConfig | None = None
+    image: ImageReference
+    # The port the application listens on inside each replica; HAProxy connects to it.
+    port: int = Field(ge=1, le=65535)
+    command: list[str] = []
+    env: dict[str, str] = {}
+    # None: a per-service network named "autoscaler-<service>" (see Settings.network_for).
+    network: str | None = None
+    # CPU cores per replica; utilisation percentages are relative to this.
+    cpu_limit: float
+    # Bytes per replica; the file may say "256MiB", "1GiB", "512m" (see parse_size).
+    memory_limit: int
+    health_path: str = "/healthz"
+    min_replicas: int = Field(1, ge=1, le=MAX_REPLICAS)
+    max_replicas: int = Field(8, ge=1, le=MAX_REPLICAS)
+    # Docker's stop timeout is whole seconds.
+    stop_timeout_seconds: int = Field(10, ge=0, le=MAX_TIMEOUT_SECONDS)
+    startup_timeout_seconds: float = Field(60.0, gt=0, le=MAX_TIMEOUT_SECONDS)
+    # A replica that keeps failing is retried after backoff_initial_seconds, doubling up to
+    # backoff_max_seconds (as CrashLoopBackOff), so a broken image does not spin the engine.
+    backoff_initial_seconds: float = Field(1.0, gt=0, le=MAX_BACKOFF_INITIAL_SECONDS)
+    backoff_max_seconds: float = Field(60.0, gt=0, le=MAX_BACKOFF_SECONDS)
+    load_balancer: LoadBalancerConfig
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    schedule: list[ScheduleWindow] = []
+
+    @field_validator("network")
+    @classmethod
+    def _check_network(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if value.lower() in _PREDEFINED_NETWORKS:
+            raise ValueError(
+                f"{value!r} is one of Docker's predefined networks: the load balancer reaches the replicas "
+                "by name, which needs a user-defined bridge network with Docker's DNS "
+                "(leave network unset to get 'autoscaler-<service>', or name your own)"
+            )
+        if not _DOCKER_NAME_RE.fullmatch(value):
+            raise ValueError(f"{shown(value)} is not a valid Docker network name")
+        return value
+
+    @field_validator("command")
+    @classmethod
+    def _check_command(cls, value: list[str]) -> list[str]:
+        # Arguments reach execve() as C strings: a NUL cannot be passed, Docker refuses it.
+        bad = [index for index, argument in enumerate(value) if "\0" in argument]
+        if bad:
+            raise ValueError(f"argument(s) {bad} contain a NUL character")
+        return value
+
+    @field_validator("cpu_limit")
+    @classmethod
+    def _check_cpu_limit(cls, value: float) -> float:
+        if not MIN_CPU_LIMIT_CORES <= value <= MAX_CPU_LIMIT_CORES:
+            raise ValueError(
+                f"must be between {MIN_CPU_LIMIT_CORES:g} (Docker's minimum) and {MAX_CPU_LIMIT_CORES:g} cores "
+                f"(got {value:g})"
+            )
+        return value
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _stringify_env(cls, value: Any) -> Any:
+        # Container environments are strings; `PORT = 8000` in TOML obviously means "8000".
+        if isinstance(value, Mapping):
+            return {
+                key: str(item) if isinstance(item, (int, float)) and not isinstance(item, bool) else item
+                for key, item in value.items()
+            }
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _check_env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        bad = [name for name in value if not name or "=" in name or "\0" in name]
+        if bad:
+            raise ValueError(f"invalid variable name(s) {shown(bad)}: must be non-empty and contain no '='")
+        bad = [name for name, text in value.items() if "\0" in text]
+        if bad:
+            raise ValueError(f"value(s) of {shown(bad)} contain a NUL character, which no environment can hold")
+        return value
+
+    @field_validator("memory_limit", mode="before")
+    @classmethod
+    def _parse_memory_limit(cls, value: Any) -> int:
+        size = parse_size(value)
+        if not MIN_MEMORY_LIMIT_BYTES <= size <= MAX_MEMORY_LIMIT_BYTES:
+            raise ValueError(f"must be between 6MiB (Docker's minimum) and 64TiB (got {shown(value)})")
+        return size
+
+    @field_validator("health_path")
+    @classmethod
+    def _check_health_path(cls, value: str) -> str:
+        # isprintable: a control character would end HAProxy's check request line early.
+        if not value.startswith("/") or any(char.isspace() for char in value) or not value.isprintable():
+            raise ValueError(f"{shown(value)} must start with '/' and contain no spaces or control characters")
+        return value
+
+    @property
+    def effective_metrics_source(self) -> str:
+        if self.metrics_source is not None:
+            return self.metrics_source
+        return "agent" if self.backend == "swarm" else "docker"
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> "ServiceConfig":
+        problems: list[tuple[Loc, str]] = []
+        if self.backend != "swarm":
+            if self.swarm_service is not None:
+                problems.append((("swarm_service",), 'only used with backend = "swarm"'))
+            if self.metrics_source in ("agent", "prometheus"):
+                problems.append((("metrics_source",), f'"{self.metrics_source}" reads Swarm tasks: use it with backend = "swarm"'))
+            if self.load_balancer.node is not None:
+                problems.append((("load_balancer", "node"), 'only used with backend = "swarm"'))
+        elif self.metrics_source == "docker":
+            problems.append((("metrics_source",), 'a manager cannot read the stats of tasks on other nodes: '
+                             'use "agent" or "prometheus" with backend = "swarm"'))
+        if self.effective_metrics_source == "prometheus" and self.prometheus is None:
+            problems.append((("prometheus",), 'metrics_source = "prometheus" needs [services.NAME.prometheus] with its url'))
+        if self.prometheus is not None and self.effective_metrics_source != "prometheus":
+            problems.append((("prometheus",), 'only used with metrics_source = "prometheus"'))
+        if self.max_replicas < self.min_replicas:
+            problems.append((("max_replicas",), f"must be >= min_replicas ({self.min_replicas})"))
+        if self.backoff_max_seconds < self.backoff_initial_seconds:
+            problems.append(
+                (("backoff_max_seconds",), f"must be >= backoff_initial_seconds ({self.backoff_initial_seconds:g})")
+            )
+        fallback = self.policy.fallback_replicas
+        if fallback is not None and not self.min_replicas <= fallback <= self.max_replicas:
+            problems.append(
+                (
+                    ("policy", "fallback_replicas"),
+                    f"must be between min_replicas ({self.min_replicas}) and max_replicas ({self.max_replicas})",
+                )
+            )
+        seen: dict[str, int] = {}
+        for index, window in enumerate(self.schedule):
+            if window.name in seen:
+                problems.append((("schedule", index, "name"), f"duplicate window name (also schedule.{seen[window.name]})"))
+            seen.setdefault(window.name, index)
+            # A window overrides one bound; the other still comes from the service.
+            low = window.min_replicas if window.min_replicas is not None else self.min_replicas
+            high = window.max_replicas if window.max_replicas is not None else self.max_replicas
+            if low > high:
+                field = "min_replicas" if window.min_replicas is not None else "max_replicas"
+                problems.append(
+                    (("schedule", index, field), f"window bounds {low}..{high} are empty (min_replicas > max_replicas)")
+                )
+        raise_problems(problems)
+        return self
