@@ -10,20 +10,23 @@ collected by the next step.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from autoscaler.config import ServiceConfig
 from autoscaler.engine import backoff as bo
 from autoscaler.engine.operations import Operations, Outcome
 from autoscaler.engine.ports import BackendError, ContainerRuntime, ExitReport, Replica, ReplicaSpec, ServerStat
 from autoscaler.engine.replicas import ReplicaView, Tracked, choose_victims, classify_exit
-from autoscaler.engine.state import Context, Failure, ServiceState, record_failure, uncount_scale_up
+from autoscaler.engine.state import Context, Failure, LeaseLost, ServiceState, record_failure, uncount_scale_up
 from autoscaler.engine.target import Release, Triage, replica_spec
 from autoscaler.model import Decision
 from autoscaler.policy.evaluate import record_scale
 
 log = logging.getLogger("autoscaler.engine")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,7 @@ class ContainerSet:
                     started.append(result)
             elif outcome.kind == "remove" and outcome.error is not None:
                 unreachable = isinstance(outcome.error, BackendError) and outcome.error.unreachable
-                log.log(logging.DEBUG if unreachable else logging.WARNING,
+                log.log(logging.DEBUG if unreachable or isinstance(outcome.error, LeaseLost) else logging.WARNING,
                         "could not remove replica %s: %s (trying again)", outcome.key, outcome.error,
                         extra=self._ctx.extra(replica=outcome.key))
         return started
@@ -128,8 +131,9 @@ class ContainerSet:
 
     def _start_failed(self, config: ServiceConfig, name: str, counted_at: float | None, exc: Exception,
                       now: float) -> None:
-        if isinstance(exc, BackendError) and exc.unreachable:
-            # The engine went away, not the replica: the next pass that reaches it starts it.
+        if isinstance(exc, LeaseLost) or (isinstance(exc, BackendError) and exc.unreachable):
+            # The engine went away (or the lease did), not the replica: the next pass that reaches
+            # it, holding the lease, starts it.
             if counted_at is not None:
                 self._state.take_back_start(counted_at)
             log.debug("replica %s not started: %s", name, exc, extra=self._ctx.extra(replica=name))
@@ -236,7 +240,7 @@ class ContainerSet:
         spec = replica_spec(self._ctx.name, self._ctx.network, config)
         name = self._runtime.new_replica_name(self._ctx.name)
         self._state.in_flight.expect_start(name)
-        self._ops.submit("start", name, lambda: self._runtime.start_replica(spec, name),
+        self._ops.submit("start", name, lambda: self._fenced(lambda: self._runtime.start_replica(spec, name)),
                          counted_at=counted_at, submitted_at=now)
 
     def _submit_removal(self, config: ServiceConfig, name: str, replica_id: str, force: bool) -> None:
@@ -244,5 +248,11 @@ class ContainerSet:
         self._state.in_flight.expect_removal(name, replica_id)
         stop_timeout = config.stop_timeout_seconds
         service = self._ctx.name
-        self._ops.submit("remove", name,
-                         lambda: self._runtime.remove_replica(service, replica_id, stop_timeout, force=force))
+        self._ops.submit("remove", name, lambda: self._fenced(
+            lambda: self._runtime.remove_replica(service, replica_id, stop_timeout, force=force)))
+
+    def _fenced(self, call: Callable[[], T]) -> T:
+        # Checked again in the operation's thread, right before the Docker call: a daemon stopped
+        # between submitting and running it may have lost the lease meanwhile.
+        self._ctx.fence()
+        return call()

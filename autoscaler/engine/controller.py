@@ -185,6 +185,8 @@ class ServiceController:
                     created.append("service")
             if self.gate.attach(config, wait_seconds):
                 created.append("load-balancer")
+            if self._lease is not None and not self.dry_run:
+                self._lease.renew()  # the wait for a new load balancer's API may have been long
         except (BackendError, MembershipError):
             self.remove_created(created)
             raise

@@ -587,6 +587,22 @@ def test_a_stop_in_the_middle_of_a_pass_fences_the_rest_of_it(world: World, capl
     assert "lost the lease: acting on nothing until it is ours again" in caplog.text
 
 
+def test_a_start_submitted_before_a_stop_is_not_run_after_the_lease_is_lost() -> None:
+    world = World(auto_operations=False)
+    world.adopt(A)
+    controller = world.controller(lease=True, setup=False, min_replicas=2)
+    controller.run_cycle()
+    assert len(world.operations.in_flight("start")) == 1, "submitted, not run yet"
+    world.clock.advance(40)  # the daemon was stopped with the start queued
+
+    world.operations.finish()  # the operation's thread runs it now
+    controller.run_cycle()
+
+    assert "start_replica" not in world.calls.ops(), "fenced in the operation's thread too"
+    assert world.metric("autoscaler_start_backoff_failures") == 0, "not a failed start: no backoff"
+    assert len(world.operations.in_flight("start")) == 1, "holding the lease again, the next pass starts it anew"
+
+
 def test_the_lease_is_renewed_between_passes_but_not_for_a_pass_that_hangs(world: World) -> None:
     world.adopt(A)
     controller = world.controller(lease=True, setup=False)
