@@ -301,11 +301,14 @@ class MetricsServer:
                         code, content_type, body = route()
                     except Exception as exc:  # a broken route must not kill the endpoint
                         code, content_type, body = 500, "text/plain; charset=utf-8", f"error: {exc}\n".encode()
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(code)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up before the answer (its own timeout): nothing to report
 
             def log_message(self, format: str, *args: object) -> None:
                 pass

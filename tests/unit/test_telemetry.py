@@ -102,3 +102,31 @@ def test_http_endpoint_serves_metrics_health_and_routes(telemetry: Telemetry) ->
             assert error.value.code == code
     finally:
         server.stop()
+
+
+def test_a_client_that_gives_up_before_the_answer_leaves_no_traceback(telemetry: Telemetry, capfd) -> None:  # type: ignore[no-untyped-def]
+    import socket
+    import threading
+
+    answering = threading.Event()
+    release = threading.Event()
+
+    def slow() -> dict:
+        answering.set()
+        release.wait(10)
+        return {"big": "x" * 1_000_000}  # more than the socket buffers: the write meets the closed socket
+
+    server = MetricsServer(telemetry, "127.0.0.1", 0, routes={"/status": json_route(slow)})
+    server.start()
+    try:
+        client = socket.create_connection(("127.0.0.1", server.port))
+        client.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answering.wait(10)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        client.close()  # as a client whose own timeout ran out: reset, not a clean close
+        release.set()
+        assert urllib.request.urlopen(f"http://127.0.0.1:{server.port}/healthz", timeout=10).read() == b"ok\n"
+    finally:
+        release.set()
+        server.stop()
+    assert "Traceback" not in capfd.readouterr().err
