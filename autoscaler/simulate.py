@@ -381,7 +381,7 @@ def _replay(
             samples += (STARTING,) * (len(replicas) - n_ready)
         bounds = schedule.at_timestamp(start_seconds + now)
         decision, history = evaluate(
-            ServiceSnapshot(service_name, samples), plan, bounds, history, now
+            ServiceSnapshot(service_name, samples), plan, bounds, history, now, explain=False
         )
         current, desired = decision.current, decision.desired
         if desired > current:

@@ -100,7 +100,7 @@ def _cached_plan(policy: PolicyConfig) -> PolicyPlan:
 
 
 def proposals_for(
-    snapshot: ServiceSnapshot, policy: PolicyConfig | PolicyPlan, current: int
+    snapshot: ServiceSnapshot, policy: PolicyConfig | PolicyPlan, current: int, explain: bool = True
 ) -> list[MetricProposal]:
     plan = policy if isinstance(policy, PolicyPlan) else _cached_plan(policy)
     policy = plan.config
@@ -116,7 +116,7 @@ def proposals_for(
         return step_scaling(plan.steps, values, current)
     return [
         target_tracking(
-            metric, snapshot.replicas, target, plan.tolerance, current, policy.initialization_seconds
+            metric, snapshot.replicas, target, plan.tolerance, current, policy.initialization_seconds, explain
         )
         for metric, target in plan.targets
     ]
@@ -137,7 +137,11 @@ def evaluate(
     bounds: Bounds,
     history: History,
     now: float,
+    explain: bool = True,
 ) -> tuple[Decision, History]:
+    """The decision for one snapshot: (decision, new history). explain=False leaves the
+    decision's message empty when nothing went wrong (simulate reads only the reason); the
+    desired count, the reason and the history are the same either way."""
     plan = policy if isinstance(policy, PolicyPlan) else _cached_plan(policy)
     policy = plan.config
     current = snapshot.current_replicas
@@ -159,7 +163,7 @@ def evaluate(
             f"{current} replicas < min {bounds.min_replicas}{bounds_note} -> {current} -> {bounds.min_replicas}",
         ), history
 
-    proposals = [] if snapshot.metrics_error else proposals_for(snapshot, plan, current)
+    proposals = [] if snapshot.metrics_error else proposals_for(snapshot, plan, current, explain)
     valid: list[MetricProposal] = []
     invalid: list[MetricProposal] = []
     for proposal in proposals:
@@ -224,25 +228,28 @@ def evaluate(
     if fallback and (limit_reason or stabilized != recommendation):
         why = f"{why} to {recommendation} held back"
 
+    message = ""
     if limit_reason:
         reason = limit_reason
-        note = f"{limit_message}{bounds_note if reason in _BOUNDS_REASONS else ''}"
-        message = f"{why} -> {current} -> {desired} (wanted {stabilized}, {note})"
+        if explain:
+            note = f"{limit_message}{bounds_note if reason in _BOUNDS_REASONS else ''}"
+            message = f"{why} -> {current} -> {desired} (wanted {stabilized}, {note})"
     elif stabilized != recommendation:
         held_up = stabilized > recommendation
         reason = "scale_down_stabilized" if held_up else "scale_up_stabilized"
-        window, which = (down, "highest") if held_up else (up, "lowest")
-        message = (
-            f"{why} -> {current} -> {desired} (wanted {recommendation}, {which} recommendation "
-            f"of the last {window.stabilization_seconds:g}s is {stabilized})"
-        )
+        if explain:
+            window, which = (down, "highest") if held_up else (up, "lowest")
+            message = (
+                f"{why} -> {current} -> {desired} (wanted {recommendation}, {which} recommendation "
+                f"of the last {window.stabilization_seconds:g}s is {stabilized})"
+            )
     else:
         # Nothing held it back: the recommendation itself decided.
         if fallback or desired == current:
             reason = steady_reason
         else:
             reason = "scale_up" if desired > current else "scale_down"
-        message = f"{why} -> {current} -> {desired}"
+        message = f"{why} -> {current} -> {desired}" if explain else ""
     return Decision(service, current, desired, reason, message, tuple(proposals), recommendation), history
 
 

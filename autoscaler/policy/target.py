@@ -65,12 +65,15 @@ def target_tracking(
     tolerance: Tolerance,
     current_replicas: int,
     initialization_seconds: float = 0.0,
+    explain: bool = True,
 ) -> MetricProposal:
     """The HPA's replica calculation for one metric (replica_calculator.go).
 
     Utilization is pooled over the replicas that have a reading and are ready. Every replica of a
     service has the same limit, so the pooled ratio sum(usage)/sum(limit) equals the mean of the
     per-replica percentages. Missing and not-ready replicas are then reworked the HPA's way.
+    explain=False leaves the messages empty (simulate reads only the codes: formatting two
+    numbers a step was a fifth of its time); every number and code is the same.
     """
     # Only percentages of a limit have a natural "full" value; the rest fall back to the target.
     is_resource = metric is Metric.CPU or metric is Metric.MEMORY
@@ -97,15 +100,18 @@ def target_tracking(
 
     utilization = ready_sum / ready
     ratio = utilization / target
-    compare = ">" if ratio > 1 else "<" if ratio < 1 else "="
-    head = f"{label} {utilization:.4g}{unit} {compare} target {target:.4g}{unit}"
+    if explain:
+        compare = ">" if ratio > 1 else "<" if ratio < 1 else "="
+        head = f"{label} {utilization:.4g}{unit} {compare} target {target:.4g}{unit}"
+    else:
+        head = ""
 
     low, high = 1.0 - tolerance.down, 1.0 + tolerance.up
     scale_up_with_unready = unready > 0 and ratio > 1.0
     if not scale_up_with_unready and not missing:
         if low <= ratio <= high:
             return MetricProposal(
-                metric, utilization, target, current_replicas, f"{head}: within tolerance",
+                metric, utilization, target, current_replicas, f"{head}: within tolerance" if explain else "",
                 "within_tolerance",
             )
         proposal = _ceil_replicas(ratio * ready)
@@ -132,7 +138,7 @@ def target_tracking(
 
     new_utilization = total / count
     new_ratio = new_utilization / target
-    detail = f"{head} ({', '.join(notes)}: {new_utilization:.4g}{unit})"
+    detail = f"{head} ({', '.join(notes)}: {new_utilization:.4g}{unit})" if explain else ""
     if (
         low <= new_ratio <= high
         or (ratio < 1.0 < new_ratio)
