@@ -479,15 +479,8 @@ class SwarmLoadBalancers:
             publish = (info["Spec"].get("Labels") or {}).get(LABEL_PUBLISH, "")
         except docker.errors.NotFound:
             publish = ""
-        return LoadBalancer(
-            id=lb_id,
-            name=name,
-            admin_socket=self._admin.socket_path(name),
-            # The exporter is on the overlay: Prometheus in the stack reaches it by name.
-            metrics_host=name,
-            metrics_port=LB_METRICS_PORT,
-            publish=publish,
-        )
+        # The exporter is on the overlay: Prometheus in the stack reaches it by name.
+        return LoadBalancer(lb_id, name, self._admin.socket_path(name), name, LB_METRICS_PORT, publish)
 
 
 class SwarmBackend:

@@ -4,7 +4,6 @@ HAProxy container killed, a load balancer that cannot start."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 import urllib.request
@@ -21,6 +20,7 @@ from faultkit import (
     running_replicas,
     start_dockerd,
     stop_dockerd,
+    unavailable,
     wait_until,
     watch_decisions,
 )
@@ -41,10 +41,7 @@ def load_balancers(client, service: str) -> list:  # type: ignore[no-untyped-def
 def test_the_engine_stopped_and_started_again(daemons: DaemonFactory, fault_results) -> None:  # type: ignore[no-untyped-def]
     command = dockerd_command()
     if command is None:
-        message = "needs root and a dockerd started from a shell (as .ci/run does) to stop and start it"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        unavailable("needs root and a dockerd started from a shell (as .ci/run does) to stop and start it")
     interval = 2
     config = daemons.config(interval_seconds=interval, service_keys="min_replicas = 2\nmax_replicas = 2")
     daemon = daemons.start(config)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -31,13 +30,6 @@ A, B, C, GONE = name("a"), name("b"), name("c"), name("gone")
 CHANGES = {"start_replica", "remove_replica", "add_server", "enable_health", "set_ready", "set_drain",
            "delete_server", "set_health_down"}
 
-
-@pytest.fixture
-def world() -> Iterator[World]:
-    w = World()
-    yield w
-    for controller in w.controllers:
-        controller.close(0)
 
 
 # --- set-up ------------------------------------------------------------------------------------

@@ -4,12 +4,12 @@ part)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import pytest
 
 from autoscaler.engine import backoff as bo
 from autoscaler.engine.containers import plan
+from autoscaler.engine.controller import ServiceController
 from autoscaler.engine.ports import Replica, ServerStat
 from autoscaler.engine.replicas import ReplicaView, Tracked
 from autoscaler.engine.state import InFlight
@@ -140,21 +140,20 @@ def test_in_flight_starts_decisions_removals_and_deletions() -> None:
 # --- a failed replica with connections still attached ----------------------------------------
 
 
-@pytest.fixture
-def world() -> Iterator[World]:
-    w = World()
-    yield w
-    for controller in w.controllers:
-        controller.close(0)
+
+def kill_a_replica_with_sessions(world: World, drain_timeout_seconds: float) -> ServiceController:
+    """B serves 3 sessions (HAProxy retrying them elsewhere, say) when it dies."""
+    world.adopt(A)
+    world.adopt(B, sessions=3)
+    controller = world.controller(min_replicas=2, max_replicas=2, policy={"drain_timeout_seconds": drain_timeout_seconds})
+    controller.run_cycle()
+    world.backend.kill(B)
+    return controller
 
 
 def test_the_server_of_a_replica_that_died_waits_for_its_connections(world: World) -> None:
     """Deleting it at once would cut requests HAProxy is still retrying elsewhere."""
-    world.adopt(A)
-    world.adopt(B, sessions=3)
-    controller = world.controller(min_replicas=2, max_replicas=2, policy={"drain_timeout_seconds": 30})
-    controller.run_cycle()
-    world.backend.kill(B)
+    controller = kill_a_replica_with_sessions(world, drain_timeout_seconds=30)
     world.clock.advance(1)
 
     controller.run_cycle()
@@ -167,11 +166,7 @@ def test_the_server_of_a_replica_that_died_waits_for_its_connections(world: Worl
 
 
 def test_a_server_whose_connections_never_end_is_deleted_at_the_drain_timeout(world: World) -> None:
-    world.adopt(A)
-    world.adopt(B, sessions=3)
-    controller = world.controller(min_replicas=2, max_replicas=2, policy={"drain_timeout_seconds": 5})
-    controller.run_cycle()
-    world.backend.kill(B)
+    controller = kill_a_replica_with_sessions(world, drain_timeout_seconds=5)
     for _ in range(4):
         world.clock.advance(1)
         controller.run_cycle()
