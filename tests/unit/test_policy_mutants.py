@@ -11,10 +11,11 @@ import math
 
 import pytest
 
-from autoscaler.config import MAX_REPLICAS, PolicyConfig, ScalingBehavior
+from autoscaler.config import MAX_REPLICAS, PolicyConfig, ScalingBehavior, ServiceConfig
 from autoscaler.model import Bounds, History, Metric, ReplicaSample, ServiceSnapshot, TimedValue
 from autoscaler.policy.behavior import Behavior, Limited, Rule, limit_rate, scale_down_limit, scale_up_limit
 from autoscaler.policy.evaluate import evaluate
+from autoscaler.policy.schedule import ScheduledBounds
 from autoscaler.policy.target import Step, Tolerance, apply_adjustment, target_tracking
 
 NOW = 10_000.0
@@ -255,3 +256,35 @@ def test_a_missing_metrics_hold_names_every_missing_metric() -> None:
     decision, _ = evaluate(_replicas(4, 10.0, None), policy, Bounds(1, 10), History(), 0.0)
     assert decision.reason == "missing_metrics_hold"
     assert "not scaling down while memory, response_time_ms has no reading" in decision.message
+
+
+@pytest.mark.parametrize(
+    ("high", "reason", "ends"),
+    [
+        # 4 replicas at 200% of the target want 16. A rate rule holds it at 8: the schedule
+        # that set the bounds had no part in it.
+        (9, "scale_up_limit", "(wanted 16, capped at +4 per 15s)"),
+        # The schedule's max holds it: named.
+        (6, "too_many_replicas", "(wanted 16, capped at max 6 (schedule peak))"),
+    ],
+    ids=["rate-rule-not-the-schedule", "schedule-max-named"],
+)
+def test_only_a_bound_names_the_schedule(high: int, reason: str, ends: str) -> None:
+    policy = PolicyConfig(target_cpu_percent=50)
+    bounds = Bounds(1, high, "schedule peak")
+    decision, _ = evaluate(_replicas(4, 200.0, None), policy, bounds, History(), 0.0)
+    assert decision.reason == reason
+    assert decision.message.endswith(ends)
+
+
+def test_a_window_that_never_opens_leaves_the_service_bounds() -> None:
+    # February 30th: the config accepts it, and there is then no next change to wait for.
+    config = ServiceConfig.model_validate({
+        "image": "demo:latest", "port": 8000, "cpu_limit": 0.5, "memory_limit": "256MiB",
+        "min_replicas": 1, "max_replicas": 10,
+        "load_balancer": {"publish": "127.0.0.1:18080"},
+        "schedule": [{"name": "never", "cron": "0 0 30 2 *", "duration_seconds": 60, "min_replicas": 3}],
+    })
+    bounds = ScheduledBounds(config)
+    assert bounds.at_timestamp(1_800_000_000.0) == Bounds(1, 10)
+    assert bounds.at_timestamp(1_900_000_000.0) == Bounds(1, 10)
