@@ -118,50 +118,39 @@ def test_a_percent_step_is_a_percentage_of_large_counts(current: int, adjustment
     assert apply_adjustment(current, Step(Metric.CPU, 0, None, adjustment, True)) == expected
 
 
-PODS_FIRST = (Rule("replicas", 5, 60), Rule("percent", 10, 60))
-TIED = (Rule("replicas", 1, 60), Rule("percent", 10, 30))
-
-
-@pytest.mark.parametrize(
-    ("rules", "select", "expected"),
-    [
-        # select min on the way down: the rule removing the fewest replicas wins, also when it
-        # is not the first one listed (-5 -> 5, -10% -> 9).
-        (PODS_FIRST, "min", (9, PODS_FIRST[1])),
-        (PODS_FIRST, "max", (5, PODS_FIRST[0])),
-        # Both rules allow 9: the first listed is the one the message names.
-        (TIED, "min", (9, TIED[0])),
-        (TIED, "max", (9, TIED[0])),
-    ],
-    ids=["min-second-rule-wins", "max-first-rule-wins", "min-tie-first-listed", "max-tie-first-listed"],
-)
-def test_scale_down_limit_picks_the_rule_by_select(
-    rules: tuple[Rule, ...], select: str, expected: tuple[int, Rule]
-) -> None:
-    behavior = Behavior(0, select, rules)  # type: ignore[arg-type]
-    assert scale_down_limit(10, (), (), behavior, NOW) == expected
-
-
+DOWN_PODS_FIRST = (Rule("replicas", 5, 60), Rule("percent", 10, 60))
 UP_PODS_FIRST = (Rule("replicas", 20, 60), Rule("percent", 10, 60))
-UP_TIED = (Rule("replicas", 1, 60), Rule("percent", 10, 30))
+TIED = (Rule("replicas", 1, 60), Rule("percent", 10, 30))
+LIMITS = {"down": scale_down_limit, "up": scale_up_limit}
 
 
 @pytest.mark.parametrize(
-    ("rules", "select", "expected"),
+    ("direction", "rules", "select", "expected"),
     [
-        # +20 -> 30, +10% -> 11: select min takes the second rule, select max the first.
-        (UP_PODS_FIRST, "min", (11, UP_PODS_FIRST[1])),
-        (UP_PODS_FIRST, "max", (30, UP_PODS_FIRST[0])),
-        (UP_TIED, "min", (11, UP_TIED[0])),
-        (UP_TIED, "max", (11, UP_TIED[0])),
+        # From 10 down, -5 -> 5 and -10% -> 9: select min (the smallest change) takes the
+        # second rule listed, select max the first.
+        ("down", DOWN_PODS_FIRST, "min", (9, DOWN_PODS_FIRST[1])),
+        ("down", DOWN_PODS_FIRST, "max", (5, DOWN_PODS_FIRST[0])),
+        # From 10 up, +20 -> 30 and +10% -> 11: the same, the other way.
+        ("up", UP_PODS_FIRST, "min", (11, UP_PODS_FIRST[1])),
+        ("up", UP_PODS_FIRST, "max", (30, UP_PODS_FIRST[0])),
+        # Both rules allow the same count: the first listed is the one the message names.
+        ("down", TIED, "min", (9, TIED[0])),
+        ("down", TIED, "max", (9, TIED[0])),
+        ("up", TIED, "min", (11, TIED[0])),
+        ("up", TIED, "max", (11, TIED[0])),
     ],
-    ids=["min-second-rule-wins", "max-first-rule-wins", "min-tie-first-listed", "max-tie-first-listed"],
+    ids=[
+        "down-min-second-rule-wins", "down-max-first-rule-wins", "up-min-second-rule-wins",
+        "up-max-first-rule-wins", "down-min-tie-first-listed", "down-max-tie-first-listed",
+        "up-min-tie-first-listed", "up-max-tie-first-listed",
+    ],
 )
-def test_scale_up_limit_picks_the_rule_by_select(
-    rules: tuple[Rule, ...], select: str, expected: tuple[int, Rule]
+def test_a_rate_limit_picks_the_rule_by_select(
+    direction: str, rules: tuple[Rule, ...], select: str, expected: tuple[int, Rule]
 ) -> None:
     behavior = Behavior(0, select, rules)  # type: ignore[arg-type]
-    assert scale_up_limit(10, (), (), behavior, NOW) == expected
+    assert LIMITS[direction](10, (), (), behavior, NOW) == expected
 
 
 HALF_PER_MINUTE = Behavior(0, "max", (Rule("percent", 50, 60),))
