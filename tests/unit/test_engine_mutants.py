@@ -8,6 +8,8 @@ in tests/unit/MUTANTS.md.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -15,11 +17,14 @@ from prometheus_client import CollectorRegistry
 from autoscaler.engine import backoff as bo
 from autoscaler.engine.containers import plan
 from autoscaler.engine.health import ServiceHealth
-from autoscaler.engine.ports import Replica
+from autoscaler.engine.ports import BackendError, Replica
 from autoscaler.engine.replicas import ReplicaView, Tracked, in_transition, timed_out
 from autoscaler.engine.state import Context, Failure, InFlight, ServiceState, record_failure
 from autoscaler.model import TimedValue
 from autoscaler.telemetry import Telemetry
+from engine_fakes import World, name
+
+A, B = name("a"), name("b")
 
 # --- the start backoff ---------------------------------------------------------------------------
 
@@ -174,3 +179,68 @@ def test_failures_are_logged_at_warning_once_per_kind(caplog: pytest.LogCaptureF
         "replica web-1 failed (exited): 100% of its memory; next start in 1s (failure 1 in a row)")
     assert last.getMessage() == "replica web-1 failed (crashed): 100% of its memory; replacing it"
     assert (first.replica, first.reason, first.service) == ("web-1", "exited", "web")  # type: ignore[attr-defined]
+
+
+# --- a removal that failed -----------------------------------------------------------------------
+
+
+def _refusing_first_removal(world: World) -> list[str]:
+    """The engine refuses the first removal (the container is still listed); the ids refused."""
+    refusals: list[str] = []
+    remove = world.backend.remove_replica
+
+    def refuse_once(service: str, container_id: str, stop_timeout_seconds: int, force: bool = False) -> None:
+        if not refusals:
+            refusals.append(container_id)
+            raise BackendError("remove", service, "container is restarting: stop it first")
+        remove(service, container_id, stop_timeout_seconds, force)
+
+    world.backend.remove_replica = refuse_once  # type: ignore[method-assign]
+    return refusals
+
+
+def test_a_removal_that_failed_is_tried_again_with_force() -> None:
+    # The next pass removes it by force, once, instead of leaving a replica nobody counts.
+    world = World()
+    refusals = _refusing_first_removal(world)
+    world.adopt(A)
+    world.adopt(B, admin=None, state="exited")
+    controller = world.controller(min_replicas=1, max_replicas=1)
+    try:
+        for _ in range(4):
+            controller.run_cycle()
+            world.tick(controller, 1.0)
+    finally:
+        controller.close(0)
+    assert len(refusals) == 1
+    assert world.backend.removed == [(B, True)]
+    assert world.backend.running == [A]
+
+
+def test_a_forced_removal_in_flight_is_not_asked_for_again() -> None:
+    world = World(auto_operations=False)
+    _refusing_first_removal(world)
+    world.adopt(A)
+    world.adopt(B, admin=None, state="exited")
+    controller = world.controller(min_replicas=1, max_replicas=1)
+    submitted: list[tuple[str, str]] = []
+    submit = world.operations.submit
+
+    def record(kind: str, key: str, fn: Callable[[], Any], **context: Any) -> None:
+        submitted.append((kind, key))
+        submit(kind, key, fn, **context)
+
+    world.operations.submit = record  # type: ignore[method-assign]
+    try:
+        controller.run_cycle()  # B exited: its removal is asked for
+        world.operations.finish("remove")  # and refused
+        world.tick(controller, 1.0)
+        controller.run_cycle()  # tried again, by force
+        world.tick(controller, 1.0)
+        controller.run_cycle()  # still on its way: not asked for again
+        world.tick(controller, 1.0)
+        assert [key for kind, key in submitted if kind == "remove"] == [B, B]
+        world.operations.finish("remove")
+    finally:
+        controller.close(0)
+    assert world.backend.removed == [(B, True)]
