@@ -564,6 +564,7 @@ class World:
         self.lease = FakeLease(self.clock)
         self.lb_infos: list[LoadBalancer] = []
         self.controllers: list[ServiceController] = []
+        self.orchestrator = FakeOrchestrator(self.backend, self.calls)
 
     def lb_factory(self, info: LoadBalancer) -> FakeLoadBalancer:
         self.lb_infos.append(info)
@@ -578,11 +579,12 @@ class World:
         return replica
 
     def controller(self, *, dry_run: bool = False, setup: bool = True, lease: bool = False,
-                   with_load_balancer: bool = True, **config: Any) -> ServiceController:
+                   with_load_balancer: bool = True, orchestrated: bool = False, **config: Any) -> ServiceController:
         backend = self.backend
         controller = ServiceController(
             SERVICE, service_config(**config), NETWORK,
-            target=wiring.containers(backend, self.operations),  # type: ignore[arg-type]
+            target=(wiring.orchestrated(self.orchestrator) if orchestrated  # type: ignore[arg-type]
+                    else wiring.containers(backend, self.operations)),  # type: ignore[arg-type]
             gate=wiring.load_balancer(backend, self.lb_factory, self.clock.sleep) if with_load_balancer else None,
             metrics=backend, networks=backend, telemetry=self.telemetry,
             dry_run=dry_run, clock=self.clock.now, wall_clock=self.clock.time,
@@ -613,3 +615,51 @@ class World:
 
     def replica_counts(self) -> dict[str, float | None]:
         return {state: self.metric("autoscaler_replicas", state=state) for state in ("ready", "starting", "draining")}
+
+
+class FakeOrchestrator:
+    """OrchestratedService in memory, as Swarm behaves: it keeps `count` tasks (started when the
+    test calls settle()), picks the newest to go on a scale-in (marked `leaving` until settle()
+    stops them), and refuses a count while `busy` (being updated by someone else)."""
+
+    def __init__(self, backend: FakeBackend, calls: CallLog) -> None:
+        self.backend = backend
+        self.calls = calls
+        self.count = 0
+        self.busy: str | None = None
+        self.scales: list[int] = []
+
+    def prepare(self, spec: ReplicaSpec, initial_replicas: int, drain_timeout_seconds: float, adopt: bool) -> bool:
+        return False  # adopted: it exists
+
+    def remove_service(self, service: str) -> None:
+        self.calls.add("remove_service", service)
+
+    def list_replicas(self, service: str, network: str) -> list[Replica]:
+        return self.backend.list_replicas(service, network)
+
+    def desired_count(self, service: str) -> int | None:
+        self.backend._check_engine("service_inspect")
+        return self.count
+
+    def scale(self, service: str, replicas: int) -> None:
+        if self.busy is not None:
+            raise BackendError("service_update", SERVICE, f"swarm service is {self.busy}: holding")
+        self.scales.append(replicas)
+        self.calls.add("scale", str(replicas))
+        running = sorted((r for r in self.backend.replicas.values() if r.running and not r.leaving),
+                         key=lambda r: r.created_at_seconds)
+        for task in running[replicas:]:  # the newest go
+            self.backend.replicas[task.id] = replace(task, leaving=True)
+        self.count = replicas
+
+    def exit_report(self, service: str, replica_id: str) -> ExitReport:
+        return self.backend.exit_report(service, replica_id)
+
+    def settle(self) -> None:
+        """The orchestrator acts: tasks marked for removal stop, missing ones start."""
+        for task in [r for r in self.backend.replicas.values() if r.leaving]:
+            del self.backend.replicas[task.id]
+        running = [r for r in self.backend.replicas.values() if r.state in ("running", "created")]
+        for _ in range(self.count - len(running)):
+            self.backend._new(None, "running", self.backend.clock.wall)
