@@ -245,7 +245,7 @@ class ContainerSet:
 
     def _submit_removal(self, config: ServiceConfig, name: str, replica_id: str, force: bool) -> None:
         self._ctx.fence()
-        self._state.in_flight.expect_removal(name, replica_id)
+        self._state.in_flight.expect_removal(name)
         stop_timeout = config.stop_timeout_seconds
         service = self._ctx.name
         self._ops.submit("remove", name, lambda: self._fenced(

@@ -55,7 +55,7 @@ from autoscaler.engine.ports import (
     Networks,
     Replica,
 )
-from autoscaler.engine.replicas import Observation, ReplicaView, Unhealthy
+from autoscaler.engine.replicas import Observation, ReplicaView, Unhealthy, in_transition
 from autoscaler.engine.sampling import SOURCE_NAMES, Sampler
 from autoscaler.engine.state import Context, LeaseLost, ServiceState
 from autoscaler.engine.target import Release, ScaleTarget, replica_spec
@@ -358,13 +358,17 @@ class ServiceController:
                 return
             config = self.config
             now = self.ctx.clock()
-            for replica, tracked in self.target.collect(config, now):
+            moving = any(in_transition(t) for t in self.state.tracked.values())
+            started = self.target.collect(config, now)
+            for replica, tracked in started:
                 self.gate.started(config, replica, tracked, now)
-            for name in self.gate.progress(config, now, self.target.watch(now)):
+            drained_names = self.gate.progress(config, now, self.target.watch(now))
+            for name in drained_names:
                 drained = self.state.tracked.get(name)
                 if drained is not None:
                     self.target.drained(config, name, drained)
-            self._record_state(now)
+            if moving or started or drained_names:
+                self._record_state(now)  # every 0.1 s: only when a replica moved, as the pass does the rest
         except LeaseLost:
             self._lease_lost()
         finally:

@@ -29,12 +29,10 @@ class OrchestratedCount:
         self._release = release  # takes an ended task out of the gate (the load balancer)
         self._held: int | None = None  # the count the orchestrator holds, read each pass
         self._watch_until = 0.0
-        self._adopted = False
 
     def prepare(self, config: ServiceConfig, spec: ReplicaSpec) -> bool:
-        self._adopted = config.swarm_service is not None
         return self._service.prepare(spec, config.min_replicas, config.policy.drain_timeout_seconds,
-                                     adopt=self._adopted)
+                                     adopt=config.swarm_service is not None)
 
     def remove_created(self) -> None:
         self._service.remove_service(self._ctx.name)

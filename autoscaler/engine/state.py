@@ -72,7 +72,7 @@ class InFlight:
     def __init__(self) -> None:
         self._starts: set[str] = set()
         self._decided: list[float] = []
-        self._removals: dict[str, str] = {}  # replica name -> id
+        self._removals: set[str] = set()  # replica names
         self._deletions: dict[str, float] = {}  # server name -> first try
 
     # starts
@@ -108,15 +108,14 @@ class InFlight:
         return len(self._decided)
 
     # removals
-    def expect_removal(self, name: str, replica_id: str) -> None:
-        self._removals[name] = replica_id
+    def expect_removal(self, name: str) -> None:
+        self._removals.add(name)
 
     def removing(self, name: str) -> bool:
         return name in self._removals
 
     def forget_removals(self, listed: set[str]) -> None:
-        for name in [n for n in self._removals if n not in listed]:
-            del self._removals[name]
+        self._removals &= listed
 
     # server deletions held up by connections
     def deletion_started(self, name: str, now: float) -> float:

@@ -100,7 +100,6 @@ class Swarm:
         self.engine = engine
         self._node_id: str | None = None
         self.names: dict[str, str] = {}  # our service name -> Swarm service name
-        self.nodes: dict[str, str] = {}  # node id -> address, refreshed with the agents
 
     def check_manager(self) -> None:
         """Refuses an engine that is not a swarm manager, in one sentence saying what to do."""
@@ -179,9 +178,7 @@ class SwarmAgents:
         """
         engine = self._swarm.engine
         nodes = engine.call("node_list", None, engine.api.nodes)
-        addresses = self._swarm.nodes
-        addresses.clear()
-        addresses.update({n["ID"]: (n.get("Status") or {}).get("Addr", "") for n in nodes})
+        addresses = {n["ID"]: (n.get("Status") or {}).get("Addr", "") for n in nodes}
         return sorted(
             (node["ID"], f"http://{addresses[node['ID']]}:{self.port}")
             for node in nodes

@@ -127,7 +127,7 @@ def test_in_flight_starts_decisions_removals_and_deletions() -> None:
     work.decide_starts(3, at=5.0)
     assert work.drop_decided(1) == [5.0] and work.decided == 2
     assert work.next_decided() == 5.0 and work.decided == 1
-    work.expect_removal("y", "id-y")
+    work.expect_removal("y")
     work.forget_removals({"y"})
     assert work.removing("y")
     work.forget_removals(set())
