@@ -60,17 +60,27 @@ SAMPLE_ATTRIBUTES = {
 }
 
 
+class ExternalReading(NamedTuple):
+    """One external metric's value this cycle (a query's result, a queue's length)."""
+
+    name: str
+    value: float | None  # None: the source gave no usable answer ("missing", never 0)
+    error: str | None = None  # the source's own sentence when value is None
+
+
 class ServiceSnapshot(NamedTuple):
     """Everything observed about one service in one cycle.
 
     `replicas` are the live replicas that count toward the current size (not draining).
-    `metrics_error` is set when the metrics source failed as a whole this cycle.
+    `metrics_error` is set when the replicas' metrics source failed as a whole this cycle
+    (external metrics have their own errors, in `external`).
     """
 
     service: str
     replicas: tuple[ReplicaSample, ...]
     queue_current: float | None = None
     metrics_error: str | None = None
+    external: tuple[ExternalReading, ...] = ()
 
     @property
     def current_replicas(self) -> int:
@@ -91,7 +101,7 @@ ProposalReason = Literal["scale", "within_tolerance", "hold", "no_reading", "ste
 class MetricProposal(NamedTuple):
     """What one metric asks for, and why."""
 
-    metric: Metric
+    metric: Metric | str  # a built-in Metric, or an external metric's name
     utilization: float | None  # the pooled value compared with the target (percent, rps, ms)
     target: float
     proposal: int | None  # None = this metric could not be evaluated
@@ -400,6 +410,8 @@ class History(NamedTuple):
       given by a caller works the same, and is converted on the first append.
     scale_up_events / scale_down_events: replicas added/removed and when, for rate limits.
     consecutive_failures: cycles in a row whose metrics failed as a whole.
+    last_active_seconds: with scale to zero, the last cycle when an external metric was above
+      its activation value or could not be read (None: not yet evaluated).
     Every sequence is oldest first.
     """
 
@@ -407,6 +419,7 @@ class History(NamedTuple):
     scale_up_events: tuple[TimedValue, ...] = ()
     scale_down_events: tuple[TimedValue, ...] = ()
     consecutive_failures: int = 0
+    last_active_seconds: float | None = None
 
     def pruned(self, now: float, keep_seconds: float) -> History:
         """Drops entries older than keep_seconds, lazily: only once some entry is twice that
@@ -442,6 +455,7 @@ class History(NamedTuple):
             fresh(up),
             fresh(down),
             self.consecutive_failures,
+            self.last_active_seconds,
         )
 
 

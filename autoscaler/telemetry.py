@@ -135,6 +135,25 @@ class Telemetry:
         self.agent_up = Gauge(
             "autoscaler_agent_up", "1 when the Swarm node's agent answered the last scrape.", ["node"], registry=r
         )
+        # --- external metrics (a query's result, a queue's length) -----------------------------
+        sm = ["service", "metric"]
+        self.external_value = Gauge(
+            "autoscaler_external_metric_value", "Last value read from each external metric's source (NaN: it failed).", sm, registry=r
+        )
+        self.external_target = Gauge(
+            "autoscaler_external_metric_target", "Each external metric's target: per replica (kind average) or the value (kind value).",
+            ["service", "metric", "kind"], registry=r,
+        )
+        self.external_activation = Gauge(
+            "autoscaler_external_metric_activation", "Each external metric's activation value (scale from and to zero).", sm, registry=r
+        )
+        self.external_up = Gauge(
+            "autoscaler_external_metric_source_up", "1 when the external metric's source answered the last read.", sm, registry=r
+        )
+        self.external_errors = Counter(
+            "autoscaler_external_metric_errors", "Reads of an external metric's source that failed.", sm, registry=r
+        )
+        self._externals_exported: dict[str, set[str]] = {}
         self.lease_held = Gauge(
             "autoscaler_lease_held", "1 when this daemon holds the service's lease (0: standing by).", s, registry=r
         )
@@ -242,6 +261,27 @@ class Telemetry:
             self.replica_memory_bytes.labels(service, m.name).set(_or_nan(m.memory_bytes))
             self.replica_ready.labels(service, m.name).set(1 if m.ready else 0)
 
+    def record_external(self, service: str, readings: list[tuple[str, str, float, float, float | None]]) -> None:
+        """(metric, kind, target, activation, value or None) per external metric; the series of
+        metrics no longer configured are removed."""
+        names = {name for name, *_ in readings}
+        for gone in self._externals_exported.get(service, set()) - names:
+            for gauge in (self.external_value, self.external_activation, self.external_up):
+                _remove(gauge, service, gone)
+            for kind in ("average", "value"):
+                _remove(self.external_target, service, gone, kind)
+            _remove(self.external_errors, service, gone)
+        self._externals_exported[service] = names
+        for name, kind, target, activation, value in readings:
+            self.external_value.labels(service, name).set(_or_nan(value))
+            _remove(self.external_target, service, name, "value" if kind == "average" else "average")
+            self.external_target.labels(service, name, kind).set(target)
+            self.external_activation.labels(service, name).set(activation)
+            self.external_up.labels(service, name).set(0 if value is None else 1)
+            errors = self.external_errors.labels(service, name)
+            if value is None:
+                errors.inc()
+
     def record_agent(self, node: str, up: bool) -> None:
         self.agent_up.labels(node).set(1 if up else 0)
 
@@ -265,7 +305,7 @@ class ReplicaMetrics(NamedTuple):
     memory_bytes: float | None
 
 
-def _remove(gauge: Gauge, *labels: str) -> None:
+def _remove(gauge: Gauge | Counter, *labels: str) -> None:
     try:
         gauge.remove(*labels)
     except KeyError:

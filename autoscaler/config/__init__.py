@@ -8,6 +8,7 @@ triggers) happens elsewhere, from the frozen ``Settings`` returned by ``load_con
     schedule.py  cron windows over the replica bounds, and their crontab grammar
     service.py   one service: replicas, backend, metrics source, load balancer
     daemon.py    the daemon's own settings
+    metrics.py   external metrics: Prometheus queries and Redis queues, their targets
     sources.py   the TOML file and the environment as pydantic-settings sources
     loader.py    Settings, load_config and the one-line-per-problem messages
 """
@@ -19,6 +20,7 @@ from autoscaler.config.loader import (
     format_validation_error,
     load_config,
 )
+from autoscaler.config.metrics import ExternalMetric, PrometheusQuery, RedisQueue
 from autoscaler.config.policy import (
     DEFAULT_SCALE_DOWN,
     DEFAULT_SCALE_UP,
@@ -29,6 +31,7 @@ from autoscaler.config.policy import (
 )
 from autoscaler.config.schedule import ScheduleWindow, crontab_expression
 from autoscaler.config.service import (
+    HealthcheckConfig,
     LoadBalancerConfig,
     PrometheusSourceConfig,
     ServiceConfig,
@@ -51,12 +54,16 @@ __all__ = [
     "DaemonConfig",
     "DEFAULT_SCALE_DOWN",
     "DEFAULT_SCALE_UP",
+    "ExternalMetric",
+    "HealthcheckConfig",
     "LoadBalancerConfig",
     "MAX_METRIC_VALUE",
     "MAX_REPLICAS",
     "MAX_WINDOW_SECONDS",
     "PolicyConfig",
+    "PrometheusQuery",
     "PrometheusSourceConfig",
+    "RedisQueue",
     "ScalingBehavior",
     "ScalingRule",
     "ScheduleWindow",

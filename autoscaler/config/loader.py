@@ -125,6 +125,8 @@ class Settings(BaseSettings):
             (self.daemon.metrics_host_port, "daemon.metrics_listen", self.daemon.metrics_listen)
         ]
         for name, service in self.services.items():
+            if service.load_balancer is None:
+                continue  # a worker listens nowhere
             bind = service.load_balancer.publish_host_port
             for other_bind, owner, address in taken:
                 if _binds_clash(bind, other_bind):
@@ -141,8 +143,13 @@ class Settings(BaseSettings):
         return self
 
     def network_for(self, name: str) -> str:
-        """The Docker network of service ``name``: its ``network`` or ``autoscaler-<name>``."""
-        return self.services[name].network or f"autoscaler-{name}"
+        """The Docker network of service ``name``: its ``network``, else ``autoscaler-<name>``
+        (a load balancer reaches its replicas by name there) or, for a worker, Docker's
+        default ``bridge`` (nothing needs to reach a worker)."""
+        service = self.services[name]
+        if service.network:
+            return service.network
+        return "bridge" if service.is_worker and service.backend != "swarm" else f"autoscaler-{name}"
 
 
 # --- loading --------------------------------------------------------------------------------

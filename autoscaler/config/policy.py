@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from autoscaler.config.metrics import ExternalMetric, metric_names_problems
 from autoscaler.config.values import (
     MAX_FAILURE_THRESHOLD,
     MAX_METRIC_VALUE,
@@ -179,10 +180,18 @@ class PolicyConfig(ConfigModel):
     scale_up: ScalingBehavior | None = None
     scale_down: ScalingBehavior | None = None
     steps: list[StepRule] = []
+    # External metrics ([[services.NAME.policy.metrics]]): with target tracking, each proposes a
+    # count next to the targets above, and the largest proposal wins.
+    metrics: list[ExternalMetric] = []
+    # With min_replicas = 0: how long every external metric must stay at or below its
+    # activation before the service goes to 0 (KEDA's cooldownPeriod).
+    scale_to_zero_after_seconds: float = Field(300.0, ge=0, le=MAX_TIMEOUT_SECONDS)
 
     @model_validator(mode="after")
     def _check_policy(self) -> "PolicyConfig":
-        problems: list[tuple[Loc, str]] = []
+        problems: list[tuple[Loc, str]] = metric_names_problems(self.metrics, ("metrics",))
+        if self.strategy == "step" and self.metrics:
+            problems.append((("metrics",), 'external metrics are used with strategy = "target"'))
         if self.strategy == "target" and not self.targets():
             problems.append(((), 'strategy "target" needs at least one target_* setting'))
         if self.strategy == "step" and not self.steps:

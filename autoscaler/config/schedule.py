@@ -80,7 +80,7 @@ class ScheduleWindow(ConfigModel):
     cron: str
     duration_seconds: int = Field(gt=0, le=MAX_WINDOW_SECONDS)
     # Scale-to-zero is not supported: with no replica there is nothing to measure.
-    min_replicas: Annotated[int, Field(ge=1, le=MAX_REPLICAS)] | None = None
+    min_replicas: Annotated[int, Field(ge=0, le=MAX_REPLICAS)] | None = None
     max_replicas: Annotated[int, Field(ge=1, le=MAX_REPLICAS)] | None = None
     timezone: Annotated[str, AfterValidator(_check_timezone)] = "UTC"
 

@@ -36,8 +36,12 @@ _DOCKER_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", re.ASCII)
 _PREDEFINED_NETWORKS = frozenset({"bridge", "host", "none", "default"})
 
 
+# The project's HAProxy image; its shell also runs the lease (see lease_image).
+DEFAULT_LB_IMAGE = "autoscaler-haproxy:latest"
+
+
 class LoadBalancerConfig(ConfigModel):
-    image: ImageReference = "autoscaler-haproxy:latest"
+    image: ImageReference = DEFAULT_LB_IMAGE
     # On a Swarm the port is published with mode=host on the load balancer's node (the host
     # part then only says where clients connect; the node listens on every address).
     publish: HostPort
@@ -54,6 +58,40 @@ class LoadBalancerConfig(ConfigModel):
     @property
     def publish_host_port(self) -> tuple[str, int]:
         return parse_host_port(self.publish)
+
+
+class HealthcheckConfig(ConfigModel):
+    """A Docker HEALTHCHECK for each replica, replacing the image's (Docker runs it; a replica of
+    a service without a load balancer is ready once Docker says it is healthy)."""
+
+    # ["CMD", "prog", "arg"...] runs a program, ["CMD-SHELL", "cmd"] a shell command; a plain
+    # string is a shell command.
+    test: list[str] = Field(min_length=1, max_length=256)
+    interval_seconds: float = Field(5.0, ge=0.001, le=MAX_TIMEOUT_SECONDS)
+    timeout_seconds: float = Field(3.0, ge=0.001, le=MAX_TIMEOUT_SECONDS)
+    retries: int = Field(3, ge=1, le=1000)
+    start_period_seconds: float = Field(0.0, ge=0, le=MAX_TIMEOUT_SECONDS)
+
+    @field_validator("test", mode="before")
+    @classmethod
+    def _shell_string(cls, value: Any) -> Any:
+        return ["CMD-SHELL", value] if isinstance(value, str) else value
+
+    @field_validator("test")
+    @classmethod
+    def _check_test(cls, value: list[str]) -> list[str]:
+        if value[0] not in ("CMD", "CMD-SHELL"):
+            raise ValueError(
+                f"must start with \"CMD\" (a program and its arguments) or \"CMD-SHELL\" (one shell command), "
+                f"got {shown(value[0])}; to turn off the image's check, leave healthcheck unset and the image as is"
+            )
+        if len(value) < 2 or not all(part.strip() for part in value[1:2]):
+            raise ValueError(f"{value[0]} needs a command after it")
+        if value[0] == "CMD-SHELL" and len(value) != 2:
+            raise ValueError("CMD-SHELL takes one string, the shell command")
+        if any("\0" in part for part in value):
+            raise ValueError("contains a NUL character")
+        return value
 
 
 class PrometheusSourceConfig(ConfigModel):
@@ -103,8 +141,9 @@ class ServiceConfig(ConfigModel):
     metrics_source: Literal["docker", "agent", "prometheus"] | None = None
     prometheus: PrometheusSourceConfig | None = None
     image: ImageReference
-    # The port the application listens on inside each replica; HAProxy connects to it.
-    port: int = Field(ge=1, le=65535)
+    # The port the application listens on inside each replica; HAProxy connects to it. A
+    # service with neither port nor [load_balancer] is a worker (see is_worker).
+    port: int | None = Field(None, ge=1, le=65535)
     command: list[str] = []
     env: dict[str, str] = {}
     # None: a per-service network named "autoscaler-<service>" (see Settings.network_for).
@@ -113,8 +152,11 @@ class ServiceConfig(ConfigModel):
     cpu_limit: float
     # Bytes per replica; the file may say "256MiB", "1GiB", "512m" (see parse_size).
     memory_limit: int
+    # The load balancer's HTTP check. Workers are checked by Docker: `healthcheck` or the image's.
     health_path: str = "/healthz"
-    min_replicas: int = Field(1, ge=1, le=MAX_REPLICAS)
+    healthcheck: HealthcheckConfig | None = None
+    # 0 only for a worker with an external metric (KEDA's activation wakes it up).
+    min_replicas: int = Field(1, ge=0, le=MAX_REPLICAS)
     max_replicas: int = Field(8, ge=1, le=MAX_REPLICAS)
     # Docker's stop timeout is whole seconds.
     stop_timeout_seconds: int = Field(10, ge=0, le=MAX_TIMEOUT_SECONDS)
@@ -123,7 +165,8 @@ class ServiceConfig(ConfigModel):
     # backoff_max_seconds (as CrashLoopBackOff), so a broken image does not spin the engine.
     backoff_initial_seconds: float = Field(1.0, gt=0, le=MAX_BACKOFF_INITIAL_SECONDS)
     backoff_max_seconds: float = Field(60.0, gt=0, le=MAX_BACKOFF_SECONDS)
-    load_balancer: LoadBalancerConfig
+    # None: a worker, with no load balancer (its replicas take work from a queue, not requests).
+    load_balancer: LoadBalancerConfig | None = None
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     schedule: list[ScheduleWindow] = []
 
@@ -200,6 +243,18 @@ class ServiceConfig(ConfigModel):
         return value
 
     @property
+    def is_worker(self) -> bool:
+        """No load balancer: a replica is ready when it runs (and Docker says it is healthy,
+        where a check is defined) and leaves by its stop signal."""
+        return self.load_balancer is None
+
+    @property
+    def lease_image(self) -> str:
+        """The image whose shell loop holds the service's lease (docker/lease.py): the load
+        balancer's, which must be on the engine anyway, or for a worker the default one."""
+        return self.load_balancer.image if self.load_balancer is not None else DEFAULT_LB_IMAGE
+
+    @property
     def effective_metrics_source(self) -> str:
         if self.metrics_source is not None:
             return self.metrics_source
@@ -208,12 +263,31 @@ class ServiceConfig(ConfigModel):
     @model_validator(mode="after")
     def _check_bounds(self) -> "ServiceConfig":
         problems: list[tuple[Loc, str]] = []
+        if self.load_balancer is not None and self.port is None:
+            problems.append((("port",), "the port the replicas listen on is required with [load_balancer] (HAProxy connects to it)"))
+        if self.load_balancer is None:
+            if self.port is not None:
+                problems.append((("port",), "only used by a load balancer: add [services.NAME.load_balancer] with "
+                                 "publish, or remove port for a worker (a service without a load balancer)"))
+            if "health_path" in self.model_fields_set:
+                problems.append((("health_path",), "is the load balancer's HTTP check, and this worker has none: "
+                                 "check a worker with healthcheck = { test = [\"CMD\", ...] } (or the image's HEALTHCHECK)"))
+        elif self.healthcheck is not None:
+            problems.append((("healthcheck",), "a service with a load balancer is checked by it on health_path; "
+                             "healthcheck is for workers"))
+        if self.min_replicas == 0:
+            if self.load_balancer is not None:
+                problems.append((("min_replicas",), "0 needs a way to hold requests while a replica starts, which "
+                                 "the load balancer does not have: use 1 or more for an HTTP service"))
+            elif not self.policy.metrics:
+                problems.append((("min_replicas",), "0 needs an external metric ([[services.NAME.policy.metrics]]) "
+                                 "to wake the service up: with CPU and memory only, nothing would measure at 0"))
         if self.backend != "swarm":
             if self.swarm_service is not None:
                 problems.append((("swarm_service",), 'only used with backend = "swarm"'))
             if self.metrics_source in ("agent", "prometheus"):
                 problems.append((("metrics_source",), f'"{self.metrics_source}" reads Swarm tasks: use it with backend = "swarm"'))
-            if self.load_balancer.node is not None:
+            if self.load_balancer is not None and self.load_balancer.node is not None:
                 problems.append((("load_balancer", "node"), 'only used with backend = "swarm"'))
         elif self.metrics_source == "docker":
             problems.append((("metrics_source",), 'a manager cannot read the stats of tasks on other nodes: '
@@ -244,6 +318,11 @@ class ServiceConfig(ConfigModel):
             # A window overrides one bound; the other still comes from the service.
             low = window.min_replicas if window.min_replicas is not None else self.min_replicas
             high = window.max_replicas if window.max_replicas is not None else self.max_replicas
+            if window.min_replicas == 0 and self.min_replicas > 0 and (
+                self.load_balancer is not None or not self.policy.metrics
+            ):
+                problems.append((("schedule", index, "min_replicas"), "0 only for a worker with an external metric "
+                                 "(as min_replicas)"))
             if low > high:
                 field = "min_replicas" if window.min_replicas is not None else "max_replicas"
                 problems.append(

@@ -18,6 +18,23 @@ log = logging.getLogger("autoscaler.docker")
 
 LOG_TAIL_LINES = 5
 
+# The container list has no structured health, but its Status says it the way `docker ps` does
+# ("Up 3 seconds (health: starting)"): read there, one list call a pass, rather than one
+# inspect per replica.
+_HEALTH_IN_STATUS = (("(health: starting)", "starting"), ("(unhealthy)", "unhealthy"), ("(healthy)", "healthy"))
+
+
+def health_of(status: str) -> str | None:
+    """Docker's health status from a container list entry's Status; None: no check."""
+    for marker, health in _HEALTH_IN_STATUS:
+        if status.endswith(marker):
+            return health
+    return None
+
+
+def _nanoseconds(seconds: float) -> int:
+    return int(round(seconds * 1e9))
+
 
 class DockerContainers:
     def __init__(self, engine: DockerEngine) -> None:
@@ -41,6 +58,7 @@ class DockerContainers:
                     ip=ip,
                     created_at_seconds=float(c["Created"]),
                     port=int(port_label) if port_label.isdigit() else None,
+                    health=health_of(str(c.get("Status") or "")),
                 )
             )
         return sorted(replicas, key=lambda r: (r.created_at_seconds, r.name))
@@ -61,7 +79,16 @@ class DockerContainers:
             init=True,
         )
         labels = owner_labels(spec.service, ROLE_REPLICA)
-        labels[LABEL_PORT] = str(spec.port)
+        if spec.port is not None:
+            labels[LABEL_PORT] = str(spec.port)
+        check = spec.healthcheck
+        healthcheck = None if check is None else {
+            "test": list(check.test),
+            "interval": _nanoseconds(check.interval_seconds),
+            "timeout": _nanoseconds(check.timeout_seconds),
+            "retries": check.retries,
+            "start_period": _nanoseconds(check.start_period_seconds),
+        }
         created = engine.call(
             "container_create", spec.service, api.create_container,
             spec.image,
@@ -70,6 +97,7 @@ class DockerContainers:
             labels=labels,
             environment=dict(spec.env),
             host_config=host_config,
+            healthcheck=healthcheck,
         )
         container_id = created["Id"]
         try:
@@ -80,7 +108,9 @@ class DockerContainers:
             raise
         ip = info["NetworkSettings"]["Networks"].get(spec.network, {}).get("IPAddress") or None
         created_at = docker_epoch(info.get("Created")) or time.time()
-        return Replica(container_id, name, spec.service, info["State"]["Status"], ip, created_at, spec.port)
+        health = (info["State"].get("Health") or {}).get("Status") or None
+        return Replica(container_id, name, spec.service, info["State"]["Status"], ip, created_at, spec.port,
+                       health=health)
 
     def exit_report(self, service: str, replica_id: str) -> ExitReport:
         return container_exit_report(self._engine, service, replica_id)

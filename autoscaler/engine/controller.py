@@ -8,6 +8,7 @@ get it, or what they need of it, in their constructor:
   gate      how a replica comes to serve and leaves (membership.py): `Membership`, the load
             balancer (register, check, ready, drain, delete), or `DirectGate` with none.
   sampler   readings and counters into the policy's snapshot (sampling.py).
+  external  the external metrics' sources, read side by side each pass (external.py).
   policy    the pure decision (autoscaler.policy.evaluate).
 
 A pass (`run_cycle`, every interval):
@@ -39,8 +40,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from autoscaler.config import ServiceConfig
+from autoscaler.config import ExternalMetric, ServiceConfig
 from autoscaler.engine import backoff as bo
+from autoscaler.engine.external import ExternalMetrics, SourceFactory
 from autoscaler.engine.health import ServiceHealth
 from autoscaler.engine.loadbalancer import LB_STARTUP_GRACE_SECONDS
 from autoscaler.engine.membership import DirectGate, Gate, Look
@@ -48,6 +50,7 @@ from autoscaler.engine.operations import Operations
 from autoscaler.engine.ports import (
     BackendError,
     BackendStat,
+    ExternalSource,
     LeaseHolder,
     LoadBalancer,
     MembershipError,
@@ -91,6 +94,7 @@ class ServiceController:
         wall_clock: Callable[[], float] = time.time,
         lease: LeaseHolder | None = None,
         operations: Operations | None = None,
+        external: SourceFactory | None = None,
     ) -> None:
         self.name = name
         self.network = network
@@ -110,6 +114,7 @@ class ServiceController:
         self._lock = threading.RLock()
         self._pass_started_at: float | None = None  # clock, while a pass runs
         self._sampler = Sampler(name)
+        self.external = ExternalMetrics(self.ctx, telemetry, external or _no_external_sources)
         self._set_up = False
         self.last_decision: Decision | None = None
         self.last_decision_at: float | None = None  # wall clock
@@ -331,7 +336,7 @@ class ServiceController:
         for view in victims:
             tracked = self.state.tracked[view.replica.name]
             if not self.gate.drain(config, view, tracked, now):
-                self.target.remove(config, view, tracked, force=view.state != "ready")
+                self.target.remove(config, view, tracked, force=self.gate.stop_at_once(view))
         # A scale-in counts for the rate rules when it is carried out.
         self.state.history = record_scale(self.state.history, now, len(victims), 0)
         retired = {v.replica.name for v in victims}
@@ -445,7 +450,8 @@ class ServiceController:
         self._telemetry.record_replica_samples(self.name, sample.replicas)
         self._telemetry.record_load_balancer(self.name, sample.requests_per_second,
                                              sample.snapshot.queue_current, sample.response_time_ms)
-        return sample.snapshot
+        external = self.external.read(config)
+        return sample.snapshot._replace(external=external) if external else sample.snapshot
 
     def _record_state(self, now: float) -> None:
         """Replica counts and backoff as they are now, for the gauges and `status`."""
@@ -501,9 +507,14 @@ class ServiceController:
             if got_lock:
                 self.target.collect(self.config, self.ctx.clock())  # log what finished in time
             self._ops.close()
+            self.external.close()
             if self._lease is not None:
                 self._lease.release()
         finally:
             if got_lock:
                 self._lock.release()
         return abandoned
+
+
+def _no_external_sources(metric: ExternalMetric) -> ExternalSource:
+    raise BackendError("setup", None, f"no source for the external metric {metric.name!r} was wired in")

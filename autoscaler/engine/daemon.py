@@ -225,7 +225,7 @@ class Daemon:
         try:
             cpus, memory_bytes = backend.engine.capacity()
             missing = backend.engine.missing_images(
-                [s.image for s in services.values()] + [s.load_balancer.image for s in services.values()]
+                [s.image for s in services.values()] + [s.lease_image for s in services.values()]
             )
         except BackendError as exc:
             raise StartupError(str(exc)) from exc
@@ -305,14 +305,17 @@ class Daemon:
         if not self.dry_run:
             # The lease container runs a shell loop in the load balancer's image, which must exist anyway.
             daemon = self.settings.daemon
-            lease = Lease(docker.client, name, service.load_balancer.image, observer=telemetry,
+            lease = Lease(docker.client, name, service.lease_image, observer=telemetry,
                           duration_seconds=daemon.lease_duration_seconds,
                           renew_deadline_seconds=daemon.lease_renew_deadline_seconds,
                           retry_period_seconds=daemon.lease_retry_period_seconds)
         return ServiceController(
             name, service, self.settings.network_for(name),
-            target=target, gate=wiring.load_balancer(host, lb_factory), metrics=metrics, networks=networks, telemetry=telemetry,
-            dry_run=self.dry_run, lease=lease, operations=operations,
+            target=target,
+            # A worker has no load balancer: the controller's default gate (DirectGate).
+            gate=wiring.load_balancer(host, lb_factory) if service.load_balancer is not None else None,
+            metrics=metrics, networks=networks, telemetry=telemetry,
+            dry_run=self.dry_run, lease=lease, operations=operations, external=wiring.external_source,
         )
 
     def _wake_progress(self, name: str) -> None:

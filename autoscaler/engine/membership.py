@@ -5,8 +5,9 @@ starting -> ready -> draining -> removed, through HAProxy's runtime API (registe
 maintenance with checks on, ready when its check passes, drain, delete). Every step is one or
 two runtime-API calls (about a millisecond each); nothing here waits.
 
-`DirectGate` is the same part for a service without a load balancer: a replica is ready when
-its container runs, and scale-in stops it with its stop signal (its own way to finish its work).
+`DirectGate` is the same part for a service without a load balancer (a worker): a replica is
+ready when its container runs and, where a Docker HEALTHCHECK is defined, Docker says it is
+healthy; scale-in stops it with its stop signal (its own way to finish its work).
 """
 
 from __future__ import annotations
@@ -38,17 +39,19 @@ log = logging.getLogger("autoscaler.engine")
 
 def lb_spec(service: str, network: str, config: ServiceConfig) -> LoadBalancerSpec:
     """What the service's load balancer is made from."""
-    host, port = config.load_balancer.publish_host_port
+    lb = config.load_balancer
+    assert lb is not None, "only a service with a load balancer has a Membership gate"
+    host, port = lb.publish_host_port
     return LoadBalancerSpec(
         service=service,
-        image=config.load_balancer.image,
+        image=lb.image,
         network=network,
         publish_host=host,
         publish_port=port,
         health_path=config.health_path,
-        algorithm=config.load_balancer.algorithm,
-        node=config.load_balancer.node,
-        per_try_timeout_seconds=config.load_balancer.per_try_timeout_seconds,
+        algorithm=lb.algorithm,
+        node=lb.node,
+        per_try_timeout_seconds=lb.per_try_timeout_seconds,
     )
 
 
@@ -76,6 +79,7 @@ class Gate(Protocol):
     def step(self, config: ServiceConfig, replica: Replica, tracked: Tracked, look: Look, now: float,
              repair: bool) -> Step: ...
     def drain(self, config: ServiceConfig, view: ReplicaView, tracked: Tracked, now: float) -> bool: ...
+    def stop_at_once(self, view: ReplicaView) -> bool: ...
     def release(self, config: ServiceConfig, name: str, now: float) -> None: ...
     def sweep(self, config: ServiceConfig, look: Look, listed: set[str], now: float) -> None: ...
     def progress(self, config: ServiceConfig, now: float, leaving: list[Replica]) -> list[str]: ...
@@ -143,7 +147,7 @@ class Membership:
     def started(self, config: ServiceConfig, replica: Replica, tracked: Tracked, now: float) -> None:
         """A replica this daemon just started: into the load balancer at once, if it answers."""
         if replica.running and replica.ip and self._keeper.api is not None and self._ctx.health.lb_down_since is None:
-            self._register(replica.name, tracked, replica.ip, replica.port or config.port, now)
+            self._register(replica.name, tracked, replica.ip, _port(replica, config), now)
 
     def step(self, config: ServiceConfig, replica: Replica, tracked: Tracked, look: Look, now: float,
              repair: bool) -> Step:
@@ -165,7 +169,7 @@ class Membership:
             if server is None or server.sessions_current == 0 or now >= tracked.drain_deadline:
                 return "drained" if self._finish_drain(config, name, server, tracked, now) else "gone"
             return ReplicaView(replica, "draining", server)
-        port = replica.port or config.port
+        port = _port(replica, config)
         if replica.ip is not None and (server is None or server.address != f"{replica.ip}:{port}"):
             if repair:
                 self._ctx.note("replica %s is not in the load balancer: registering it", name)
@@ -213,6 +217,10 @@ class Membership:
             sessions = view.server.sessions_current if view.server is not None else 0
             log.info("draining replica %s (%d session(s))", name, sessions, extra=self._ctx.extra(replica=name))
         return True
+
+    def stop_at_once(self, view: ReplicaView) -> bool:
+        """A replica the gate did not drain is killed at once when it serves nobody yet."""
+        return view.state != "ready"
 
     def release(self, config: ServiceConfig, name: str, now: float) -> None:
         """A replica that failed leaves the load balancer (if sessions remain, a later pass
@@ -342,9 +350,16 @@ class Membership:
             return False
 
 
+def _port(replica: Replica, config: ServiceConfig) -> int:
+    port = replica.port or config.port
+    assert port is not None, "a service with a load balancer has a port (config validation)"
+    return port
+
+
 class DirectGate:
-    """No load balancer: a replica is ready when its container runs, and leaves by its stop
-    signal (the target stops it with the service's stop timeout)."""
+    """No load balancer (a worker): a replica is ready when its container runs and, where a
+    Docker HEALTHCHECK is defined (the config's or the image's), once Docker says it is healthy.
+    It leaves by its stop signal (the target stops it with the service's stop timeout)."""
 
     def __init__(self, ctx: Context, state: ServiceState) -> None:
         self._ctx = ctx
@@ -368,20 +383,39 @@ class DirectGate:
 
     def step(self, config: ServiceConfig, replica: Replica, tracked: Tracked, look: Look, now: float,
              repair: bool) -> Step:
-        if replica.running:
+        name = replica.name
+        # A check the config asked for must have passed: no health status (a container made
+        # before the check was configured, or an image that turns it off) is not a pass.
+        checked = replica.health is not None or config.healthcheck is not None
+        if replica.running and (replica.health == "healthy" or not checked):
             if tracked.ready_since is None:
                 tracked.ready_since = now
                 self._state.backoff = bo.after_ready(self._state.backoff, now, tracked.first_seen_at)
-            tracked.unhealthy_since = None
+                if checked:
+                    waited = now - tracked.first_seen_at
+                    log.info("replica %s is healthy: ready%s", name,
+                             f" ({waited:.1f}s after its start)" if tracked.started_by_us else "",
+                             extra=self._ctx.extra(replica=name))
+            if tracked.unhealthy_since is not None:
+                tracked.unhealthy_since = None
+                self._ctx.note("replica %s is healthy again", name)
             return ReplicaView(replica, "ready", None)
         if tracked.ready_since is not None and tracked.unhealthy_since is None:
             tracked.unhealthy_since = now
+            if replica.running:
+                self._ctx.note("replica %s is %s", name, replica.health or "not checked")
         if repair and timed_out(tracked, config.startup_timeout_seconds, now, self._ctx.wall_clock()):
-            return Unhealthy(replica.state)
+            if not replica.running:
+                return Unhealthy(replica.state)
+            return Unhealthy(f"health {replica.health}" if replica.health else "no health status, but a healthcheck is configured")
         return ReplicaView(replica, "starting", None)
 
     def drain(self, config: ServiceConfig, view: ReplicaView, tracked: Tracked, now: float) -> bool:
         return False  # its stop signal is its drain
+
+    def stop_at_once(self, view: ReplicaView) -> bool:
+        # Even one not yet healthy may hold a job: it gets its stop signal and stop timeout.
+        return False
 
     def release(self, config: ServiceConfig, name: str, now: float) -> None:
         pass

@@ -31,8 +31,10 @@ class OrchestratedCount:
         self._watch_until = 0.0
 
     def prepare(self, config: ServiceConfig, spec: ReplicaSpec) -> bool:
-        return self._service.prepare(spec, config.min_replicas, config.policy.drain_timeout_seconds,
-                                     adopt=config.swarm_service is not None)
+        # A task's grace after its stop signal covers a drain (it serves the drained requests)
+        # and the stop timeout (a worker finishing its job).
+        grace_seconds = max(config.policy.drain_timeout_seconds, float(config.stop_timeout_seconds))
+        return self._service.prepare(spec, config.min_replicas, grace_seconds, adopt=config.swarm_service is not None)
 
     def remove_created(self) -> None:
         self._service.remove_service(self._ctx.name)

@@ -11,7 +11,8 @@ What varies between services is split along these ports:
 - **membership**, the optional load balancer in front of the replicas:
     `LoadBalancerHost`     where it runs (a container, a Swarm service) and how it is repaired;
     `LoadBalancerAPI`      its runtime API: register, check, ready, drain, delete;
-- `MetricsSource` (CPU and memory of replicas), `Networks`, `LeaseHolder`.
+- `MetricsSource` (CPU and memory of replicas), `ExternalSource` (one number from outside the
+  replicas: a query, a queue's length), `Networks`, `LeaseHolder`.
 """
 
 from __future__ import annotations
@@ -51,19 +52,36 @@ class ServerBusy(MembershipError):
     """A server cannot be deleted yet: connections are still attached to it."""
 
 
+class SourceError(Exception):
+    """An external metric's source gave no usable number this time; the message is one line in
+    the source's own words (Prometheus's error, Redis's reply)."""
+
+
 # --- replicas -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HealthcheckSpec:
+    """A Docker HEALTHCHECK, as the engine runs it."""
+
+    test: tuple[str, ...]  # ("CMD", prog, args...) or ("CMD-SHELL", command)
+    interval_seconds: float
+    timeout_seconds: float
+    retries: int
+    start_period_seconds: float
 
 
 @dataclass(frozen=True)
 class ReplicaSpec:
     service: str
     image: str
-    port: int
+    port: int | None  # None: a worker, which nothing connects to
     network: str
     cpu_limit_cores: float
     memory_limit_bytes: int
     command: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    healthcheck: HealthcheckSpec | None = None  # None: the image's own, if it has one
 
 
 @dataclass(frozen=True)
@@ -77,6 +95,9 @@ class Replica:
     port: int | None = None  # from the replica's own label; None for replicas that predate it
     leaving: bool = False  # an orchestrator (Swarm) marked it for removal; it still runs
     node: str | None = None  # Swarm: the node it runs on
+    # Docker's health status where a HEALTHCHECK is defined: "starting", "healthy" or
+    # "unhealthy"; None where the container has no check.
+    health: str | None = None
 
     @property
     def running(self) -> bool:
@@ -224,7 +245,7 @@ class OrchestratedService(Protocol):
     """The scale target of an orchestrator that keeps the count itself: it picks, starts,
     restarts and stops the replicas; we read them and set how many."""
 
-    def prepare(self, spec: ReplicaSpec, initial_replicas: int, drain_timeout_seconds: float, adopt: bool) -> bool: ...
+    def prepare(self, spec: ReplicaSpec, initial_replicas: int, stop_grace_seconds: float, adopt: bool) -> bool: ...
     def remove_service(self, service: str) -> None: ...
     def list_replicas(self, service: str, network: str) -> list[Replica]: ...
     def desired_count(self, service: str) -> int | None: ...
@@ -261,6 +282,14 @@ class LoadBalancerAPI(Protocol):
     def set_drain(self, name: str) -> None: ...
     def set_health_down(self, name: str) -> None: ...
     def delete_server(self, name: str, force: bool = False) -> None: ...
+
+
+class ExternalSource(Protocol):
+    """One external metric's current value (autoscaler/sources/). Raises SourceError; waits at
+    most its own timeout."""
+
+    def read(self) -> float: ...
+    def close(self) -> None: ...
 
 
 class MetricsSource(Protocol):

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Literal, Protocol
 
 from autoscaler.config import ServiceConfig
-from autoscaler.engine.ports import Replica, ReplicaSpec, ServerStat
+from autoscaler.engine.ports import HealthcheckSpec, Replica, ReplicaSpec, ServerStat
 from autoscaler.engine.replicas import ReplicaView, Tracked
 from autoscaler.model import Decision
 
@@ -25,6 +25,7 @@ Triage = Literal["alive", "starting", "gone"]
 
 def replica_spec(service: str, network: str, config: ServiceConfig) -> ReplicaSpec:
     """What every new replica of the service is made from."""
+    check = config.healthcheck
     return ReplicaSpec(
         service=service,
         image=config.image,
@@ -34,6 +35,10 @@ def replica_spec(service: str, network: str, config: ServiceConfig) -> ReplicaSp
         memory_limit_bytes=config.memory_limit,
         command=tuple(config.command),
         env=dict(config.env),
+        healthcheck=None if check is None else HealthcheckSpec(
+            tuple(check.test), check.interval_seconds, check.timeout_seconds, check.retries,
+            check.start_period_seconds,
+        ),
     )
 
 

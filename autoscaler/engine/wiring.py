@@ -9,12 +9,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from autoscaler.config import ExternalMetric
 from autoscaler.engine.containers import ContainerSet
 from autoscaler.engine.controller import GateFactory, TargetFactory
 from autoscaler.engine.membership import Membership
 from autoscaler.engine.operations import Operations
 from autoscaler.engine.orchestrated import OrchestratedCount
-from autoscaler.engine.ports import ContainerRuntime, LoadBalancer, LoadBalancerAPI, LoadBalancerHost, OrchestratedService
+from autoscaler.engine.ports import (
+    ContainerRuntime,
+    ExternalSource,
+    LoadBalancer,
+    LoadBalancerAPI,
+    LoadBalancerHost,
+    OrchestratedService,
+)
+from autoscaler.sources.prometheus import PrometheusMetric
+from autoscaler.sources.redis import RedisMetric
 from autoscaler.engine.state import Context, ServiceState
 from autoscaler.engine.target import Release
 
@@ -42,3 +52,11 @@ def load_balancer(
     def make(ctx: Context, state: ServiceState) -> Membership:
         return Membership(ctx, state, host, lb_factory, sleep)
     return make
+
+
+def external_source(metric: ExternalMetric) -> ExternalSource:
+    """The source module of an external metric: a PromQL query, or a Redis key's length."""
+    if metric.prometheus is not None:
+        return PrometheusMetric(metric.name, metric.prometheus)
+    assert metric.redis is not None, "config validation: exactly one source"
+    return RedisMetric(metric.name, metric.redis)

@@ -12,6 +12,7 @@ from autoscaler.config import PolicyConfig, ScalingBehavior
 from autoscaler.model import (
     Bounds,
     Decision,
+    ExternalReading,
     History,
     Metric,
     MetricProposal,
@@ -26,7 +27,15 @@ from autoscaler.policy.behavior import (
     limit_rate,
     stabilize,
 )
-from autoscaler.policy.target import Step, Tolerance, pooled_value, step_scaling, target_tracking
+from autoscaler.policy.target import (
+    ExternalTarget,
+    Step,
+    Tolerance,
+    external_tracking,
+    pooled_value,
+    step_scaling,
+    target_tracking,
+)
 
 
 def behavior_of(config: ScalingBehavior) -> Behavior:
@@ -49,6 +58,13 @@ def targets_of(policy: PolicyConfig) -> list[tuple[Metric, float]]:
     return [(metric, target) for metric, target in pairs if target is not None]
 
 
+def externals_of(policy: PolicyConfig) -> list[ExternalTarget]:
+    return [
+        ExternalTarget(m.name, m.target or 0.0, m.per_replica, m.activation)
+        for m in policy.metrics
+    ]
+
+
 def steps_of(policy: PolicyConfig) -> list[Step]:
     return [
         Step(Metric(s.metric), s.lower, s.upper, s.adjustment_value, s.adjustment_is_percent)
@@ -68,6 +84,8 @@ class PolicyPlan:
     tolerance: Tolerance
     history_span_seconds: float
     step_strategy: bool
+    externals: tuple[ExternalTarget, ...] = ()
+    scale_to_zero_after_seconds: float = 300.0
 
 
 def plan_of(policy: PolicyConfig) -> PolicyPlan:
@@ -82,6 +100,8 @@ def plan_of(policy: PolicyConfig) -> PolicyPlan:
         tolerance=Tolerance(policy.effective_tolerance_up, policy.effective_tolerance_down),
         history_span_seconds=history_span_seconds(up, down),
         step_strategy=policy.strategy == "step",
+        externals=tuple(externals_of(policy)),
+        scale_to_zero_after_seconds=policy.scale_to_zero_after_seconds,
     )
 
 
@@ -114,12 +134,36 @@ def proposals_for(
             for metric in Metric
         }
         return step_scaling(plan.steps, values, current)
-    return [
-        target_tracking(
-            metric, snapshot.replicas, target, plan.tolerance, current, policy.initialization_seconds, explain
-        )
-        for metric, target in plan.targets
-    ]
+    if snapshot.metrics_error is None:
+        proposals = [
+            target_tracking(
+                metric, snapshot.replicas, target, plan.tolerance, current, policy.initialization_seconds, explain
+            )
+            for metric, target in plan.targets
+        ]
+    elif plan.externals:
+        # The replicas' metrics failed but the external ones may answer: each replica metric is
+        # a proposal with no reading, so that the external ones scale up and never down alone.
+        proposals = [
+            MetricProposal(metric, None, target, None, f"{metric}: {snapshot.metrics_error}", "no_reading")
+            for metric, target in plan.targets
+        ]
+    else:
+        return []
+    if plan.externals:
+        readings = _readings(snapshot.external)
+        ready = sum(1 for replica in snapshot.replicas if replica.ready)
+        for external in plan.externals:
+            reading = readings.get(external.name)
+            proposals.append(external_tracking(
+                external, reading.value if reading else None,
+                reading.error if reading else "not read this cycle", plan.tolerance, current, ready, explain,
+            ))
+    return proposals
+
+
+def _readings(external: tuple[ExternalReading, ...]) -> dict[str, ExternalReading]:
+    return {reading.name: reading for reading in external}
 
 
 # limit_rate's reasons for the bounds (not a rate rule): their message names the bounds' source.
@@ -163,7 +207,24 @@ def evaluate(
             f"{current} replicas < min {bounds.min_replicas}{bounds_note} -> {current} -> {bounds.min_replicas}",
         ), history
 
-    proposals = [] if snapshot.metrics_error else proposals_for(snapshot, plan, current, explain)
+    last_active = history.last_active_seconds
+    if plan.externals and bounds.min_replicas == 0:
+        # Scale to zero (KEDA's activation): 0 <-> 1 on the activation values, 1..max by the policy.
+        readings = _readings(snapshot.external)
+        values = [(m, readings[m.name].value if m.name in readings else None) for m in plan.externals]
+        active: list[tuple[ExternalTarget, float]] = [
+            (m, v) for m, v in values if v is not None and v > m.activation
+        ]
+        unknown = [m for m, v in values if v is None]
+        if active or unknown or last_active is None:
+            last_active = now
+        if current == 0:
+            return _at_zero(snapshot, plan, bounds, history, now, active, unknown, values, last_active)
+        bounds = Bounds(1, bounds.max_replicas, bounds.source)
+    elif last_active is not None:
+        last_active = None  # the service can no longer go to zero: nothing to remember
+
+    proposals = proposals_for(snapshot, plan, current, explain)
     valid: list[MetricProposal] = []
     invalid: list[MetricProposal] = []
     for proposal in proposals:
@@ -180,7 +241,8 @@ def evaluate(
             return Decision(
                 service, current, current, "metrics_unavailable", f"{why}: holding {current}",
                 proposals=tuple(proposals),
-            ), History(history.recommendations, history.scale_up_events, history.scale_down_events, failures)
+            ), History(history.recommendations, history.scale_up_events, history.scale_down_events, failures,
+                       last_active)
         # The fallback is this cycle's recommendation and goes through the windows and the rate
         # rules like any other: a failing metrics source must not take 8 replicas to 1 at once.
         # It is brought into the bounds in force first, so that the bounds never hold it back.
@@ -209,13 +271,13 @@ def evaluate(
                 f"{why}; not scaling down while {', '.join(str(p.metric) for p in invalid)} has no reading"
                 f" -> {current} -> {current}",
                 tuple(proposals), current,
-            ), History(history.recommendations, history.scale_up_events, history.scale_down_events, 0)
+            ), History(history.recommendations, history.scale_up_events, history.scale_down_events, 0, last_active)
 
     stabilized, recommendations = stabilize(
         history.recommendations, recommendation, current, now,
         up.stabilization_seconds, down.stabilization_seconds,
     )
-    history = History(recommendations, history.scale_up_events, history.scale_down_events, failures)
+    history = History(recommendations, history.scale_up_events, history.scale_down_events, failures, last_active)
     if stabilized == current:
         # The count is within the bounds (checked above): keeping it, no rule or bound applies.
         # The usual cycle, so it skips limit_rate.
@@ -250,7 +312,63 @@ def evaluate(
         else:
             reason = "scale_up" if desired > current else "scale_down"
         message = f"{why} -> {current} -> {desired}" if explain else ""
+    if (
+        last_active is not None
+        and plan.externals
+        and not fallback
+        and now - last_active >= plan.scale_to_zero_after_seconds
+        and all(replica.ready for replica in snapshot.replicas)
+    ):
+        # Every external metric has been at or below its activation value long enough, and no
+        # replica is on its way: the service goes to 0, whatever CPU or memory say (a busy
+        # worker finishes its job: it gets its stop signal and stop timeout).
+        desired, reason = 0, "scale_to_zero"
+        message = (
+            f"every external metric at or below its activation for {now - last_active:.0f}s "
+            f"(scale_to_zero_after_seconds {plan.scale_to_zero_after_seconds:g}) -> {current} -> 0"
+        )
     return Decision(service, current, desired, reason, message, tuple(proposals), recommendation), history
+
+
+def _at_zero(
+    snapshot: ServiceSnapshot,
+    plan: PolicyPlan,
+    bounds: Bounds,
+    history: History,
+    now: float,
+    active: list[tuple[ExternalTarget, float]],
+    unknown: list[ExternalTarget],
+    values: list[tuple[ExternalTarget, float | None]],
+    last_active: float,
+) -> tuple[Decision, History]:
+    """A service at 0 replicas: CPU and memory do not apply (nothing runs to measure); the
+    external metrics' activation values decide whether it wakes up (0 -> 1; the policy takes it
+    on from there). A source that fails holds it at 0, with the failure rules."""
+    service = snapshot.service
+    readings = _readings(snapshot.external)
+    if active:
+        metric, value = active[0]
+        message = f"{metric.name} {value:.4g} > activation {metric.activation:g} -> 0 -> 1"
+        return Decision(service, 0, 1, "activation", message, recommendation=1), History(
+            history.recommendations, history.scale_up_events, history.scale_down_events, 0, last_active)
+    if unknown:
+        failures = history.consecutive_failures + 1
+        causes = "; ".join(
+            f"{m.name}: {(readings[m.name].error if m.name in readings else None) or 'not read this cycle'}"
+            for m in unknown
+        )
+        fallback = plan.config.fallback_replicas
+        if fallback is not None and fallback > 0 and failures >= plan.config.failure_threshold:
+            desired = clamp(fallback, bounds.min_replicas, bounds.max_replicas)
+            message = f"metrics failed {failures} cycles in a row ({causes}): fallback -> 0 -> {desired}"
+            return Decision(service, 0, desired, "fallback", message, recommendation=desired), History(
+                history.recommendations, history.scale_up_events, history.scale_down_events, failures, last_active)
+        message = f"metrics failed {failures} cycles in a row ({causes}): holding 0"
+        return Decision(service, 0, 0, "metrics_unavailable", message), History(
+            history.recommendations, history.scale_up_events, history.scale_down_events, failures, last_active)
+    shown = ", ".join(f"{m.name} {v:.4g} <= {m.activation:g}" for m, v in values)
+    return Decision(service, 0, 0, "inactive", f"{shown}: staying at 0 -> 0 -> 0"), History(
+        history.recommendations, history.scale_up_events, history.scale_down_events, 0, last_active)
 
 
 def seed_history(current_replicas: int, now: float) -> History:

@@ -159,6 +159,57 @@ def target_tracking(
 
 
 @dataclass(frozen=True)
+class ExternalTarget:
+    """An external metric's target, as evaluate() needs it."""
+
+    name: str
+    target: float
+    average: bool  # True: a total split across replicas (AverageValue); False: a value (Value)
+    activation: float
+
+
+def external_tracking(
+    metric: ExternalTarget,
+    value: float | None,
+    error: str | None,
+    tolerance: Tolerance,
+    current_replicas: int,
+    ready_replicas: int,
+    explain: bool = True,
+) -> MetricProposal:
+    """The HPA's replica calculation for an External metric (GetExternalPerPodMetricReplicas
+    and GetExternalMetricReplicas in replica_calculator.go).
+
+    average: usage ratio = value / (target x current); outside the tolerance, ceil(value / target).
+    value:   usage ratio = value / target; outside the tolerance, ceil(ratio x ready replicas).
+    A count that moves against the ratio (too few ready replicas to say) holds instead.
+    Callers handle current_replicas == 0 (activation), so it is at least 1 here.
+    """
+    name, target = metric.name, metric.target
+    if value is None:
+        return MetricProposal(name, None, target, None, f"{name}: {error or 'no reading'}", "no_reading")
+    if metric.average:
+        ratio = value / (target * current_replicas)
+        head = f"{name} {value:.4g} ({value / current_replicas:.4g} per replica) {_compare(ratio)} target {target:.4g} per replica" \
+            if explain else ""
+    else:
+        ratio = value / target
+        head = f"{name} {value:.4g} {_compare(ratio)} target {target:.4g}" if explain else ""
+    if 1.0 - tolerance.down <= ratio <= 1.0 + tolerance.up:
+        return MetricProposal(name, value, target, current_replicas, f"{head}: within tolerance" if explain else "",
+                              "within_tolerance")
+    proposal = _ceil_replicas(value / target) if metric.average else _ceil_replicas(ratio * ready_replicas)
+    if (ratio > 1.0 and proposal < current_replicas) or (ratio < 1.0 and proposal > current_replicas):
+        note = f" ({ready_replicas} ready of {current_replicas}): hold" if explain else ""
+        return MetricProposal(name, value, target, current_replicas, f"{head}{note}", "hold")
+    return MetricProposal(name, value, target, proposal, head, "scale")
+
+
+def _compare(ratio: float) -> str:
+    return ">" if ratio > 1 else "<" if ratio < 1 else "="
+
+
+@dataclass(frozen=True)
 class Step:
     metric: Metric
     lower: float | None  # inclusive

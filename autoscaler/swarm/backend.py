@@ -32,6 +32,7 @@ import requests.exceptions
 from docker.types import (
     ContainerSpec,
     EndpointSpec,
+    Healthcheck,
     Mount,
     Placement,
     Resources,
@@ -195,7 +196,7 @@ class SwarmServices:
         self._agents = agents
         self._uses_agents = uses_agents
 
-    def prepare(self, spec: ReplicaSpec, initial_replicas: int, drain_timeout_seconds: float, adopt: bool) -> bool:
+    def prepare(self, spec: ReplicaSpec, initial_replicas: int, stop_grace_seconds: float, adopt: bool) -> bool:
         """Creates the replicated service (or checks the adopted one), and the agents when they
         are the metrics source. Returns whether it created the service."""
         name = self._swarm.name(spec.service)
@@ -204,7 +205,7 @@ class SwarmServices:
         if existing is None:
             if adopt:
                 raise Unusable("swarm", spec.service, f"swarm_service {name!r} does not exist on this swarm")
-            self._create_service(spec, name, initial_replicas, drain_timeout_seconds)
+            self._create_service(spec, name, initial_replicas, stop_grace_seconds)
             created = True
         else:
             self._check_adoptable(spec.service, name, existing)
@@ -224,16 +225,22 @@ class SwarmServices:
                 "the daemon only scales services that say they are its own",
             )
 
-    def _create_service(self, spec: ReplicaSpec, name: str, replicas: int, drain_timeout_seconds: float) -> None:
-        labels = {LABEL_MANAGED: "true", LABEL_SERVICE: spec.service, LABEL_ROLE: ROLE_REPLICA,
-                  LABEL_PORT: str(spec.port)}
+    def _create_service(self, spec: ReplicaSpec, name: str, replicas: int, stop_grace_seconds: float) -> None:
+        labels = {LABEL_MANAGED: "true", LABEL_SERVICE: spec.service, LABEL_ROLE: ROLE_REPLICA}
+        if spec.port is not None:
+            labels[LABEL_PORT] = str(spec.port)
+        check = spec.healthcheck
+        healthcheck = None if check is None else Healthcheck(
+            test=list(check.test), interval=int(check.interval_seconds * 1e9), timeout=int(check.timeout_seconds * 1e9),
+            retries=check.retries, start_period=int(check.start_period_seconds * 1e9),
+        )
         # The task keeps serving its drained requests after Swarm's stop signal (sent 2 s after
         # its DNS record is gone): the grace period covers the whole drain.
-        grace_ns = int((drain_timeout_seconds + SWARM_STOP_DELAY_SECONDS + 5) * 1e9)
+        grace_ns = int((stop_grace_seconds + SWARM_STOP_DELAY_SECONDS + 5) * 1e9)
         template = TaskTemplate(
             container_spec=ContainerSpec(
                 spec.image, command=list(spec.command) or None, env=dict(spec.env), labels=labels,
-                stop_grace_period=grace_ns, init=True,
+                stop_grace_period=grace_ns, init=True, healthcheck=healthcheck,
             ),
             resources=Resources(cpu_limit=int(spec.cpu_limit_cores * 1e9), mem_limit=spec.memory_limit_bytes),
             restart_policy=RestartPolicy(condition="any", delay=int(5e9)),

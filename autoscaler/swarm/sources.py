@@ -8,7 +8,6 @@ talks to Docker: the endpoints to scrape are given by the caller (the Swarm back
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
@@ -24,7 +23,10 @@ from typing import Any, NamedTuple
 from prometheus_client.parser import text_string_to_metric_families
 
 from autoscaler.config import PrometheusSourceConfig
+# SourceError is re-exported: the Swarm backend catches it.
+from autoscaler.engine.ports import SourceError as SourceError
 from autoscaler.engine.ports import StatsReading
+from autoscaler.sources.prometheus import PrometheusAPI, reason, short
 
 log = logging.getLogger("autoscaler.swarm")
 
@@ -38,12 +40,8 @@ ENGINE_UP_SERIES = "autoscaler_agent_engine_up"
 MAX_PARALLEL_SCRAPES = 64
 # An agent's page is a few hundred bytes per task: anything near this is not an agent.
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
-# How long a Prometheus error body may be quoted in a message.
-MAX_QUOTED_CHARS = 200
 
 
-class SourceError(Exception):
-    """A metrics source gave no usable answer; the message is one line saying which and why."""
 
 
 class _AgentPage(NamedTuple):
@@ -99,19 +97,8 @@ def parse_agent_metrics(text: str, scraped_at_seconds: float) -> dict[str, Stats
     return _parse_agent_page(text, scraped_at_seconds).readings
 
 
-def _short(text: str) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= MAX_QUOTED_CHARS else line[: MAX_QUOTED_CHARS - 3] + "..."
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code} {exc.reason}"
-    if isinstance(exc, urllib.error.URLError):
-        return _short(str(exc.reason))
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    return _short(str(exc) or type(exc).__name__)
+_short = short
+_reason = reason
 
 
 # Agents are reached on the nodes' own addresses: an HTTP(S)_PROXY meant for the outside world
@@ -225,7 +212,7 @@ class PrometheusSource:
 
     def __init__(self, config: PrometheusSourceConfig, swarm_service_name: str) -> None:
         self._config = config
-        self._endpoint = config.url.rstrip("/") + "/api/v1/query"
+        self._api = PrometheusAPI(config.url, config.timeout_seconds)
         self.cpu_query = _format_query("cpu_query", config.cpu_query, swarm_service_name)
         self.memory_query = _format_query("memory_query", config.memory_query, swarm_service_name)
         # An instant query stamps every result with the evaluation time, not with when the
@@ -263,17 +250,7 @@ class PrometheusSource:
     def _vector(self, field: str, query: str) -> dict[str, tuple[float, float]]:
         """Task id -> (value, the result's timestamp) of one instant query."""
         where = f"prometheus {field} {query!r}"
-        url = f"{self._endpoint}?{urllib.parse.urlencode({'query': query})}"
-        try:
-            with urllib.request.urlopen(url, timeout=self._config.timeout_seconds) as response:
-                document = json.loads(response.read(MAX_RESPONSE_BYTES))
-        except urllib.error.HTTPError as exc:
-            raise SourceError(f"{where}: {_reason(exc)}{_prometheus_error(exc)}") from exc
-        except (urllib.error.URLError, OSError) as exc:
-            raise SourceError(f"{where}: cannot reach {self._config.url} ({_reason(exc)})") from exc
-        except ValueError as exc:  # JSON and Unicode errors
-            raise SourceError(f"{where}: the answer is not JSON ({_short(str(exc))})") from exc
-        return _parse_vector(where, document, self._config.task_label)
+        return _parse_vector(where, self._api.query(query, where), self._config.task_label)
 
 
 def _format_query(field: str, template: str, service: str) -> str:
@@ -286,26 +263,11 @@ def _format_query(field: str, template: str, service: str) -> str:
         ) from exc
 
 
-def _prometheus_error(exc: urllib.error.HTTPError) -> str:
-    """Prometheus explains a bad query in the body of its 400/422."""
-    try:
-        document = json.loads(exc.read(MAX_RESPONSE_BYTES))
-        return f": {_short(str(document['error']))}"
-    except Exception:  # a body that says nothing useful is simply not quoted
-        return ""
-
-
-def _parse_vector(where: str, document: Any, task_label: str) -> dict[str, tuple[float, float]]:
-    if not isinstance(document, dict):
-        raise SourceError(f"{where}: the answer is not a Prometheus API document")
-    if document.get("status") != "success":
-        error = document.get("error") or document.get("status")
-        raise SourceError(f"{where}: {_short(str(error))}")
-    data = document.get("data")
-    result_type = data.get("resultType") if isinstance(data, dict) else None
+def _parse_vector(where: str, data: dict[str, Any], task_label: str) -> dict[str, tuple[float, float]]:
+    result_type = data.get("resultType")
     if result_type != "vector":
         raise SourceError(f"{where}: returned a {result_type or 'missing'} result, not an instant vector")
-    series = data.get("result") if isinstance(data, dict) else None
+    series = data.get("result")
     if not isinstance(series, list):
         raise SourceError(f"{where}: the result is not a list of series")
     values: dict[str, tuple[float, float]] = {}

@@ -629,7 +629,7 @@ class FakeOrchestrator:
         self.busy: str | None = None
         self.scales: list[int] = []
 
-    def prepare(self, spec: ReplicaSpec, initial_replicas: int, drain_timeout_seconds: float, adopt: bool) -> bool:
+    def prepare(self, spec: ReplicaSpec, initial_replicas: int, stop_grace_seconds: float, adopt: bool) -> bool:
         return False  # adopted: it exists
 
     def remove_service(self, service: str) -> None:
