@@ -2,7 +2,9 @@
 # Builds the project's images with no registry:
 #   debian:bookworm-slim        (pulled if a registry answers, else made with debootstrap)
 #   autoscaler-haproxy:latest   (Debian's HAProxy 2.6, runtime API + Prometheus exporter)
-#   autoscaler-demo-app:latest  (stdlib Python HTTP server that burns CPU on request)
+#   autoscaler-demo-app:latest  (stdlib Python HTTP server that burns CPU on request, and a
+#                               Redis queue worker: python3 /app/worker.py)
+#   autoscaler-redis:latest     (Debian's Redis: the worker demo's queue, the Redis source's tests)
 # Idempotent: an image is rebuilt only when the hash of its build context changed.
 set -euo pipefail
 
@@ -115,6 +117,10 @@ build_daemon() {
     # pip warns about every optional local index that is absent; keep real errors visible.
     "$python" -m pip wheel -q --disable-pip-version-check -w "$context/wheels" "$repo" 2>&1 \
         | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
+    # The image's Python is Debian's 3.11.2, on which redis also needs async-timeout (a marker
+    # the host's newer Python skips when it resolves the wheels above).
+    "$python" -m pip wheel -q --disable-pip-version-check -w "$context/wheels" "async-timeout>=4.0.3" 2>&1 \
+        | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
     cp "$repo/deploy/loadgen.py" "$context/loadgen.py"
     log "building autoscaler:latest"
     docker build -q --label "autoscaler.context-hash=$hash" -t autoscaler:latest "$context" >/dev/null
@@ -125,4 +131,5 @@ docker info >/dev/null 2>&1 || { log "the Docker engine is not reachable (is doc
 ensure_base
 build autoscaler-haproxy:latest "$here/haproxy"
 build autoscaler-demo-app:latest "$here/demo-app"
+build autoscaler-redis:latest "$here/redis"
 build_daemon

@@ -225,6 +225,22 @@ def evaluate(
         last_active = None  # the service can no longer go to zero: nothing to remember
 
     proposals = proposals_for(snapshot, plan, current, explain)
+    if (
+        last_active is not None
+        and plan.externals
+        and now - last_active >= plan.scale_to_zero_after_seconds
+        and all(replica.ready for replica in snapshot.replicas)
+    ):
+        # Every external metric has been at or below its activation value long enough, and no
+        # replica is on its way: the service goes to 0 whatever CPU or memory say, or whether
+        # they have readings (a busy worker finishes its job: it gets its stop signal and stop
+        # timeout). As KEDA, which takes the service to 0 itself, outside the HPA.
+        message = (
+            f"every external metric at or below its activation for {now - last_active:.0f}s "
+            f"(scale_to_zero_after_seconds {plan.scale_to_zero_after_seconds:g}) -> {current} -> 0"
+        )
+        return Decision(service, current, 0, "scale_to_zero", message, tuple(proposals)), History(
+            history.recommendations, history.scale_up_events, history.scale_down_events, 0, last_active)
     valid: list[MetricProposal] = []
     invalid: list[MetricProposal] = []
     for proposal in proposals:
@@ -312,21 +328,6 @@ def evaluate(
         else:
             reason = "scale_up" if desired > current else "scale_down"
         message = f"{why} -> {current} -> {desired}" if explain else ""
-    if (
-        last_active is not None
-        and plan.externals
-        and not fallback
-        and now - last_active >= plan.scale_to_zero_after_seconds
-        and all(replica.ready for replica in snapshot.replicas)
-    ):
-        # Every external metric has been at or below its activation value long enough, and no
-        # replica is on its way: the service goes to 0, whatever CPU or memory say (a busy
-        # worker finishes its job: it gets its stop signal and stop timeout).
-        desired, reason = 0, "scale_to_zero"
-        message = (
-            f"every external metric at or below its activation for {now - last_active:.0f}s "
-            f"(scale_to_zero_after_seconds {plan.scale_to_zero_after_seconds:g}) -> {current} -> 0"
-        )
     return Decision(service, current, desired, reason, message, tuple(proposals), recommendation), history
 
 
