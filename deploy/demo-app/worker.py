@@ -8,7 +8,8 @@ Environment:
 
 Each job moves atomically (BLMOVE) from JOB_LIST to this worker's own processing list, and is
 recorded done in one transaction that removes it from there: HINCRBY <JOB_LIST>:done <job> 1
-(so a test can see that every job was done exactly once) and INCR <JOB_LIST>:done_count.
+(so a test can see that every job was done exactly once) and INCR <JOB_LIST>:done_count; a job
+that was in hand when SIGTERM came also counts in <JOB_LIST>:finished_after_stop_signal.
 How a worker should handle SIGTERM: stop taking new work, finish (or hand back) what it holds,
 exit; the autoscaler waits the service's stop_timeout_seconds before it kills.
 """
@@ -61,13 +62,18 @@ def main() -> int:
             continue
         if job is None:
             continue
+        stopping_before = STOPPING
         burn_cpu(cpu_ms)
         with client.pipeline(transaction=True) as pipe:
             pipe.hincrby(f"{jobs}:done", job, 1)
             pipe.incr(f"{jobs}:done_count")
+            if STOPPING and not stopping_before:
+                pipe.incr(f"{jobs}:finished_after_stop_signal")
             pipe.lrem(processing, 1, job)
             pipe.execute()
         done += 1
+        if STOPPING and not stopping_before:
+            print(f"worker {HOSTNAME}: stop signal during job {job.decode(errors='replace')}: finished it", flush=True)
     print(f"worker {HOSTNAME}: stopping after {done} job(s), none left in hand", flush=True)
     return 0
 
