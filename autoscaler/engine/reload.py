@@ -18,6 +18,7 @@ RESTART_ONLY: tuple[tuple[str, str], ...] = (
     ("daemon.admin_socket_dir", "the load balancers' admin sockets live there"),
     ("daemon.lease_*", "the lease held now was taken with them"),
     ("services.*.network", "replicas and the load balancer are attached to it when created"),
+    ("services.*.load_balancer", "a service gains or loses its load balancer (a worker becomes an HTTP service, or back)"),
     ("services.*.load_balancer.*", "the load balancer is created from it"),
     ("services.*.health_path", "the load balancer's health check is set when it is created"),
 )

@@ -22,7 +22,21 @@ max_replicas = 8
 publish = "127.0.0.1:8080"
 """
 
-BLOCKS = [b for b in re.findall(r"```toml\n(.*?)```", README.read_text(), re.DOTALL) if "services.web" in b]
+BASE_WORKER = """
+[services.worker]
+image = "autoscaler-demo-app:latest"
+cpu_limit = 0.5
+memory_limit = "128MiB"
+
+[[services.worker.policy.metrics]]
+name = "base"
+redis = { url = "redis://127.0.0.1:6379/0", list = "base" }
+target_average_value = 1
+"""
+
+_ALL_BLOCKS = re.findall(r"```toml\n(.*?)```", README.read_text(), re.DOTALL)
+BLOCKS = [b for b in _ALL_BLOCKS if "services.web" in b]
+WORKER_BLOCKS = [b for b in _ALL_BLOCKS if "services.worker" in b]
 
 
 def test_the_readme_has_policy_examples() -> None:
@@ -51,9 +65,31 @@ def merged(base: str, block: str) -> str:
     return "\n".join(("" if header == "" else header + "\n") + "\n".join(lines) for header, lines in ours.items())
 
 
+def with_secret_files(block: str, tmp_path: Path) -> str:
+    """The example's credentials files, made for real (they must exist and not be world-readable)."""
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    return re.sub(r'(bearer_token_file|password_file) = "[^"]+"', rf'\1 = "{secret}"', block)
+
+
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"block-{i}" for i in range(len(BLOCKS))])
 def test_each_policy_example_loads(block: str, tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
-    path.write_text(merged(BASE, block))
+    path.write_text(merged(BASE, with_secret_files(block, tmp_path)))
     settings = load_config(path, environ={})
     assert "web" in settings.services
+
+
+def test_the_readme_has_worker_examples() -> None:
+    assert len(WORKER_BLOCKS) >= 2
+
+
+@pytest.mark.parametrize("block", WORKER_BLOCKS, ids=[f"worker-{i}" for i in range(len(WORKER_BLOCKS))])
+def test_each_worker_example_loads(block: str, tmp_path: Path) -> None:
+    # A block that lists metrics of its own does not get the base's (one [[...]] list each).
+    base = BASE_WORKER if "[[services.worker.policy.metrics]]" not in block else BASE_WORKER.split("[[")[0]
+    path = tmp_path / "config.toml"
+    path.write_text(merged(base, with_secret_files(block, tmp_path)))
+    settings = load_config(path, environ={})
+    assert settings.services["worker"].is_worker
