@@ -18,6 +18,7 @@ import docker
 import pytest
 
 from autoscaler.lb.haproxy import HAProxyRuntime
+from externals import Exporter, prometheus_server, wait_scraped
 from helpers import Traffic, free_port
 from swarmkit import REPO, Lab, SwarmDaemons, swarm_config
 
@@ -369,6 +370,61 @@ def test_the_prometheus_source_reads_the_agents_through_a_real_prometheus(lab: L
     finally:
         prometheus.terminate()
         prometheus.wait(30)
+
+
+def test_a_worker_service_without_a_load_balancer_goes_0_to_3_to_0_on_a_prometheus_query(
+    lab: Lab, swarm_daemons: SwarmDaemons, tmp_path  # type: ignore[no-untyped-def]
+) -> None:
+    """A replicated Swarm service with no load balancer of ours (a worker), its count set from
+    an external metric: a query of a real Prometheus scraping an exporter of the test's own."""
+    service = swarm_daemons.service
+    exporter = Exporter()
+    exporter.values = {"test_work_items": 0.0}
+    try:
+        with prometheus_server(tmp_path / "prometheus", [f"127.0.0.1:{exporter.port}"]) as prometheus:
+            wait_scraped(prometheus, "test_work_items")
+            config = tmp_path / "worker.toml"
+            config.write_text(f"""
+[daemon]
+interval_seconds = 1
+shutdown_timeout_seconds = 5
+
+[services.{service}]
+backend = "swarm"
+image = "autoscaler-demo-app:latest"
+cpu_limit = 0.25
+memory_limit = "128MiB"
+min_replicas = 0
+max_replicas = 3
+stop_timeout_seconds = 5
+
+[services.{service}.policy]
+initialization_seconds = 0
+scale_down_stabilization_seconds = 0
+scale_to_zero_after_seconds = 3
+
+[[services.{service}.policy.metrics]]
+name = "work_items"
+prometheus = {{ url = "{prometheus.url}", query = "sum(test_work_items)" }}
+target_average_value = 1
+""")
+            daemon = swarm_daemons.start(config)
+            wait_until(lambda: daemon.status()["desired_replicas"] == 0, 120, "the worker service at 0")
+            assert lab.tasks(service) == []
+            assert lab.client.api.services(filters={"label": f"autoscaler.service={service}", "name": "autoscaler-" + service + "-lb"}) == []
+            exporter.values["test_work_items"] = 3.0
+            wait_until(lambda: ready(daemon) == 3 and len(lab.tasks(service)) == 3, 120, "3 running tasks")
+            nodes = {t["NodeID"] for t in lab.tasks(service)}
+            exporter.values["test_work_items"] = 0.0
+            wait_until(lambda: lab.tasks(service) == [] and daemon.status()["desired_replicas"] == 0, 120,
+                       "the worker service back at 0")
+            log = daemon.log()
+            assert "reason=activation" in log and "reason=scale_to_zero" in log
+            assert "Traceback" not in log
+            assert daemon.stop() == 0
+            RESULTS.append(f"swarm worker (no load balancer) 0 -> 3 -> 0 on a Prometheus query, tasks on {len(nodes)} node(s)")
+    finally:
+        exporter.close()
 
 
 def test_an_agent_that_goes_away_leaves_its_tasks_missing_logged_once(lab: Lab, swarm_daemons: SwarmDaemons) -> None:
