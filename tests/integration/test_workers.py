@@ -5,6 +5,8 @@ of a real Prometheus scraping an exporter of the test's own, through a Prometheu
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -60,11 +62,15 @@ def redis_box(docker_client, service_name: str) -> Iterator[RedisServer]:  # typ
 def run_daemon(docker_client, service_name: str, tmp_path: Path) -> Iterator[Any]:  # type: ignore[no-untyped-def]
     started: list[DaemonProcess] = []
 
-    def run(config_text: str, metrics_port: int) -> DaemonProcess:
-        config = tmp_path / "config.toml"
+    def run(config_text: str, metrics_port: int, name: str = "daemon", *flags: str) -> DaemonProcess:
+        config = tmp_path / f"{name}.toml"
         config.write_text(config_text)
-        log = tmp_path / "daemon.log"
-        daemon = DaemonProcess(service_name, start_daemon(config, log), log, metrics_port)
+        log = tmp_path / f"{name}.log"
+        process = start_daemon(config, log) if not flags else subprocess.Popen(
+            [sys.executable, "-m", "autoscaler.cli", "run", *flags, "--config", str(config)],
+            stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        )
+        daemon = DaemonProcess(service_name, process, log, metrics_port)
         started.append(daemon)
         def decided() -> bool:
             assert daemon.process.poll() is None, f"the daemon exited:\n{daemon.log()}"
@@ -269,3 +275,31 @@ target_average_value = 10
             traffic.assert_served(at_least=100)  # the scale-in drained: no request failed
     finally:
         exporter.close()
+
+
+def test_a_restarted_daemon_adopts_its_workers_and_a_dry_run_changes_nothing(
+    docker_client, service_name: str, redis_box: RedisServer, run_daemon  # type: ignore[no-untyped-def]
+) -> None:
+    metrics_port = free_port()
+    config = worker_config(service_name, metrics_port, redis_box, min_replicas=2, max_replicas=3, job_cpu_ms=100)
+    first = run_daemon(config, metrics_port, "first")
+    wait_for(lambda: first.status()["replicas"]["ready"] == 2, 60, "2 workers")
+    workers = sorted(c.id for c in worker_containers(docker_client, service_name))
+    assert first.stop() == 0
+    assert sorted(c.id for c in worker_containers(docker_client, service_name)) == workers, "workers outlive the daemon"
+
+    dry_run = run_daemon(config, metrics_port, "dry-run", "--dry-run")
+    wait_for(lambda: dry_run.status()["replicas"]["ready"] == 2, 60, "the dry run to see the 2 workers")
+    client = redis_box.client()
+    client.lpush("jobs", *[f"d{i}" for i in range(40)])  # 10 per worker wanted: 3, the max
+    wait_for(lambda: dry_run.metric("autoscaler_dry_run_desired_replicas") == 3.0, 30, "the dry run's decision")
+    time.sleep(2)
+    assert sorted(c.id for c in worker_containers(docker_client, service_name)) == workers, "a dry run starts nothing"
+    assert dry_run.stop() == 0
+    client.delete("jobs")
+
+    second = run_daemon(config, metrics_port, "second")
+    wait_for(lambda: second.status()["replicas"]["ready"] == 2, 60, "the 2 workers adopted")
+    time.sleep(3)  # a few passes: nothing started or removed on top of what was adopted
+    assert sorted(c.id for c in worker_containers(docker_client, service_name)) == workers
+    assert "started replica" not in second.log()
