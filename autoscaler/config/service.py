@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from autoscaler.config.container import ContainerFields, TemplateConfig
 from autoscaler.config.policy import PolicyConfig
 from autoscaler.config.schedule import ScheduleWindow
 from autoscaler.config.values import (
@@ -128,7 +129,7 @@ class PrometheusSourceConfig(ConfigModel):
         return value
 
 
-class ServiceConfig(ConfigModel):
+class ServiceConfig(ContainerFields):
     # Where the replicas run: "containers" on one engine (the daemon starts and removes them),
     # or "swarm": a replicated Swarm service whose replica count the daemon sets.
     backend: Literal["containers", "swarm"] = "containers"
@@ -140,7 +141,11 @@ class ServiceConfig(ConfigModel):
     # containers, agent for swarm.
     metrics_source: Literal["docker", "agent", "prometheus"] | None = None
     prometheus: PrometheusSourceConfig | None = None
-    image: ImageReference
+    # What the replicas are made from: an image (with command, env, limits and compose's fields
+    # below), or a template: a container the user already runs (by name, or as a compose
+    # service), whose whole configuration the replicas copy (keys set here override it).
+    image: ImageReference | None = None
+    template: TemplateConfig | None = None
     # The port the application listens on inside each replica; HAProxy connects to it. A
     # service with neither port nor [load_balancer] is a worker (see is_worker).
     port: int | None = Field(None, ge=1, le=65535)
@@ -263,6 +268,16 @@ class ServiceConfig(ConfigModel):
     @model_validator(mode="after")
     def _check_bounds(self) -> "ServiceConfig":
         problems: list[tuple[Loc, str]] = []
+        if (self.image is None) == (self.template is None):
+            problems.append((("image",), "set image, or template = { container = ... } (or { compose_project, "
+                             "compose_service }) to copy a container you run: one of the two, not both"
+                             if self.image is None else
+                             "a template names the image already (its container's); remove image, or the template"))
+        if self.backend == "swarm":
+            fields = self.compose_fields_set() + (["template"] if self.template is not None else [])
+            if fields:
+                problems.append(((fields[0],), 'with backend = "swarm", describe the replicas in your own Swarm service '
+                                 'and adopt it (swarm_service): the compose fields and templates are for containers'))
         if self.load_balancer is not None and self.port is None:
             problems.append((("port",), "the port the replicas listen on is required with [load_balancer] (HAProxy connects to it)"))
         if self.load_balancer is None:

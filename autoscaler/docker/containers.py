@@ -11,8 +11,9 @@ import docker
 import docker.errors
 
 from autoscaler.docker.engine import DockerEngine, docker_epoch
-from autoscaler.docker.labels import LABEL_PORT, ROLE_REPLICA, is_owned, label_filter, owner_labels
-from autoscaler.engine.ports import BackendError, ExitReport, Replica, ReplicaSpec
+from autoscaler.docker.labels import LABEL_PORT, ROLE_REPLICA, is_owned, label_filter
+from autoscaler.docker.template import create_body, read_template
+from autoscaler.engine.ports import BackendError, ContainerTemplate, ExitReport, Replica, ReplicaSpec
 
 log = logging.getLogger("autoscaler.docker")
 
@@ -30,10 +31,6 @@ def health_of(status: str) -> str | None:
         if status.endswith(marker):
             return health
     return None
-
-
-def _nanoseconds(seconds: float) -> int:
-    return int(round(seconds * 1e9))
 
 
 class DockerContainers:
@@ -68,42 +65,22 @@ class DockerContainers:
         return f"autoscaler-{service}-{secrets.token_hex(3)}"
 
     def start_replica(self, spec: ReplicaSpec, name: str) -> Replica:
-        """Creates and starts one replica. On a failed start nothing is left behind."""
+        """Creates and starts one replica (from its template, if any, and the config on top).
+        On a failed start nothing is left behind."""
         engine = self._engine
         api = engine.change_api
-        host_config = api.create_host_config(
-            network_mode=spec.network,
-            nano_cpus=int(spec.cpu_limit_cores * 1e9),
-            mem_limit=spec.memory_limit_bytes,
-            # An init reaps zombies and forwards SIGTERM, so stops take 0.1 s instead of 10 s.
-            init=True,
-        )
-        labels = owner_labels(spec.service, ROLE_REPLICA)
-        if spec.port is not None:
-            labels[LABEL_PORT] = str(spec.port)
-        check = spec.healthcheck
-        healthcheck = None if check is None else {
-            "test": list(check.test),
-            "interval": _nanoseconds(check.interval_seconds),
-            "timeout": _nanoseconds(check.timeout_seconds),
-            "retries": check.retries,
-            "start_period": _nanoseconds(check.start_period_seconds),
-        }
-        created = engine.call(
-            "container_create", spec.service, api.create_container,
-            spec.image,
-            command=list(spec.command) or None,
-            name=name,
-            labels=labels,
-            environment=dict(spec.env),
-            host_config=host_config,
-            healthcheck=healthcheck,
-        )
+        body, more_networks = create_body(spec)
+        created = engine.call("container_create", spec.service, api.create_container_from_config, body, name)
         container_id = created["Id"]
         try:
+            # API 1.41 attaches one network at create; the template's others (each with its
+            # aliases) are joined before the start, so the process sees all of them.
+            for network, aliases in more_networks:
+                engine.call("network_connect", spec.service, api.connect_container_to_network, container_id, network,
+                            aliases=list(aliases) or None)
             engine.call("container_start", spec.service, api.start, container_id)
             info = engine.call("container_inspect", spec.service, engine.api.inspect_container, container_id)
-        except (BackendError, docker.errors.NotFound):
+        except (BackendError, docker.errors.APIError):
             force_remove(engine, spec.service, container_id)
             raise
         ip = info["NetworkSettings"]["Networks"].get(spec.network, {}).get("IPAddress") or None
@@ -111,6 +88,9 @@ class DockerContainers:
         health = (info["State"].get("Health") or {}).get("Status") or None
         return Replica(container_id, name, spec.service, info["State"]["Status"], ip, created_at, spec.port,
                        health=health)
+
+    def read_template(self, service: str, container: str | None, compose: tuple[str, str] | None) -> ContainerTemplate:
+        return read_template(self._engine, service, container, compose)
 
     def exit_report(self, service: str, replica_id: str) -> ExitReport:
         return container_exit_report(self._engine, service, replica_id)

@@ -17,7 +17,15 @@ from typing import TypeVar
 from autoscaler.config import ServiceConfig
 from autoscaler.engine import backoff as bo
 from autoscaler.engine.operations import Operations, Outcome
-from autoscaler.engine.ports import BackendError, ContainerRuntime, ExitReport, Replica, ReplicaSpec, ServerStat
+from autoscaler.engine.ports import (
+    BackendError,
+    ContainerRuntime,
+    ContainerTemplate,
+    ExitReport,
+    Replica,
+    ReplicaSpec,
+    ServerStat,
+)
 from autoscaler.engine.replicas import ReplicaView, Tracked, choose_victims, classify_exit
 from autoscaler.engine.state import Context, Failure, LeaseLost, ServiceState, record_failure, uncount_scale_up
 from autoscaler.engine.target import Release, Triage, replica_spec
@@ -78,6 +86,16 @@ class ContainerSet:
         self._runtime = runtime
         self._ops = operations
         self._release = release  # takes a failed replica out of the gate (the load balancer)
+
+    def resolve_template(self, config: ServiceConfig) -> ContainerTemplate | None:
+        """Reads the container the replicas copy (at set-up and on reload; a start never waits
+        for it). Raises BackendError (Unusable: the config must change)."""
+        template = config.template
+        if template is None:
+            return None
+        compose = (template.compose_project, template.compose_service) \
+            if template.compose_project is not None and template.compose_service is not None else None
+        return self._runtime.read_template(self._ctx.name, template.container, compose)
 
     def prepare(self, config: ServiceConfig, spec: ReplicaSpec) -> bool:
         return False  # nothing to create: each replica is started as it is needed
@@ -237,7 +255,7 @@ class ContainerSet:
 
     def _submit_start(self, config: ServiceConfig, counted_at: float | None, now: float) -> None:
         self._ctx.fence()
-        spec = replica_spec(self._ctx.name, self._ctx.network, config)
+        spec = replica_spec(self._ctx.name, self._ctx.network, config, self._state.template)
         name = self._runtime.new_replica_name(self._ctx.name)
         self._state.in_flight.expect_start(name)
         self._ops.submit("start", name, lambda: self._fenced(lambda: self._runtime.start_replica(spec, name)),

@@ -50,6 +50,7 @@ from autoscaler.engine.operations import Operations
 from autoscaler.engine.ports import (
     BackendError,
     BackendStat,
+    ContainerTemplate,
     ExternalSource,
     LeaseHolder,
     LoadBalancer,
@@ -147,9 +148,11 @@ class ServiceController:
     def bounds(self) -> Bounds:
         return self._configured[1].at_timestamp(self.ctx.wall_clock())
 
-    def update_config(self, config: ServiceConfig) -> None:
-        """Hot reload: the next pass uses the new config; history and replicas are kept."""
+    def update_config(self, config: ServiceConfig, template: ContainerTemplate | None = None) -> None:
+        """Hot reload: the next pass uses the new config (and the template read again for it);
+        history and replicas are kept."""
         self._configured = (config, ScheduledBounds(config))
+        self.state.template = template
 
     # --- set-up -----------------------------------------------------------------------------
 
@@ -183,10 +186,15 @@ class ServiceController:
         created: list[str] = []
         config = self.config
         try:
+            # The container the replicas copy, read now: a start never waits for it.
+            self.state.template = self.target.resolve_template(config)
+            if self.state.template is not None:
+                log.info("replicas are made from %s (version %s)", self.state.template.source,
+                         self.state.template.version, extra=self.ctx.extra())
             if not self.dry_run:
                 if self._networks.ensure_network(self.name, self.network):
                     created.append("network")
-                if self.target.prepare(config, replica_spec(self.name, self.network, config)):
+                if self.target.prepare(config, replica_spec(self.name, self.network, config, self.state.template)):
                     created.append("service")
             if self.gate.attach(config, wait_seconds):
                 created.append("load-balancer")

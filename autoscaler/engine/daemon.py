@@ -225,7 +225,7 @@ class Daemon:
         try:
             cpus, memory_bytes = backend.engine.capacity()
             missing = backend.engine.missing_images(
-                [s.image for s in services.values()] + [s.lease_image for s in services.values()]
+                [s.image for s in services.values() if s.image is not None] + [s.lease_image for s in services.values()]
             )
         except BackendError as exc:
             raise StartupError(str(exc)) from exc
@@ -388,8 +388,18 @@ class Daemon:
         if (new.log_format, new.log_level) != (old.log_format, old.log_level):
             setup_logging(new.log_format, new.log_level)
         self.settings = settings
+        # Templates are read again (a container the user recreated): all of them first, so that
+        # a template that is gone refuses the whole reload and the config in force stays.
+        templates = {}
         for name, controller in self.controllers.items():
-            controller.update_config(settings.services[name])
+            try:
+                templates[name] = controller.target.resolve_template(settings.services[name])
+            except BackendError as exc:
+                log.error("config reload rejected: services.%s.template: %s; keeping the config in force", name, exc)
+                self.telemetry.record_reload(False)
+                return False
+        for name, controller in self.controllers.items():
+            controller.update_config(settings.services[name], templates[name])
         if self.scheduler is not None and new.interval_seconds != old.interval_seconds:
             for name in self.controllers:
                 self.scheduler.reschedule_job(name, trigger="interval", seconds=new.interval_seconds)

@@ -9,7 +9,15 @@ from __future__ import annotations
 import logging
 
 from autoscaler.config import ServiceConfig
-from autoscaler.engine.ports import BackendError, ExitReport, OrchestratedService, Replica, ReplicaSpec, ServerStat
+from autoscaler.engine.ports import (
+    BackendError,
+    ContainerTemplate,
+    ExitReport,
+    OrchestratedService,
+    Replica,
+    ReplicaSpec,
+    ServerStat,
+)
 from autoscaler.engine.replicas import ReplicaView, Tracked
 from autoscaler.engine.state import Context, Failure, ServiceState, record_failure
 from autoscaler.engine.target import Release, Triage
@@ -29,6 +37,9 @@ class OrchestratedCount:
         self._release = release  # takes an ended task out of the gate (the load balancer)
         self._held: int | None = None  # the count the orchestrator holds, read each pass
         self._watch_until = 0.0
+
+    def resolve_template(self, config: ServiceConfig) -> ContainerTemplate | None:
+        return None  # a Swarm service is its own template (config validation refuses one here)
 
     def prepare(self, config: ServiceConfig, spec: ReplicaSpec) -> bool:
         # A task's grace after its stop signal covers a drain (it serves the drained requests)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 # --- errors ---------------------------------------------------------------------------------
 
@@ -72,6 +72,38 @@ class HealthcheckSpec:
 
 
 @dataclass(frozen=True)
+class ContainerTemplate:
+    """A container the replicas copy (docker/template.py), in Docker's own API structures, with
+    what cannot be shared between replicas taken out: the name, the hostname, published host
+    ports, fixed addresses, compose's identity labels."""
+
+    source: str  # for people: "container 'shop_web_1'"
+    image: str  # the template's image id: every replica runs the same bytes as the template
+    config: dict[str, Any]  # the create body's container fields (Entrypoint, Cmd, Env, User, Labels, ...)
+    host_config: dict[str, Any]  # HostConfig (mounts, capabilities, log driver, limits, ...)
+    networks: dict[str, tuple[str, ...]]  # every network it is on -> its aliases there
+    version: str  # a hash of all of the above: what a rollout compares
+
+
+@dataclass(frozen=True)
+class ContainerFields:
+    """compose's common service fields, as the TOML gives them (config/container.py)."""
+
+    volumes: tuple[str, ...] = ()  # "[source:]target[:mode]"
+    networks: tuple[tuple[str, tuple[str, ...]], ...] = ()  # extra networks and their aliases
+    labels: tuple[tuple[str, str], ...] = ()
+    user: str | None = None
+    read_only: bool = False
+    tmpfs: tuple[str, ...] = ()
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    extra_hosts: tuple[str, ...] = ()
+    stop_signal: str | None = None
+    log_driver: str | None = None
+    log_options: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class ReplicaSpec:
     service: str
     image: str
@@ -82,6 +114,8 @@ class ReplicaSpec:
     command: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     healthcheck: HealthcheckSpec | None = None  # None: the image's own, if it has one
+    fields: ContainerFields = field(default_factory=ContainerFields)
+    template: ContainerTemplate | None = None  # set: the replicas copy it, the fields above on top
 
 
 @dataclass(frozen=True)
@@ -239,6 +273,7 @@ class ContainerRuntime(Protocol):
     def start_replica(self, spec: ReplicaSpec, name: str) -> Replica: ...
     def remove_replica(self, service: str, replica_id: str, stop_timeout_seconds: int, force: bool = False) -> None: ...
     def exit_report(self, service: str, replica_id: str) -> ExitReport: ...
+    def read_template(self, service: str, container: str | None, compose: tuple[str, str] | None) -> ContainerTemplate: ...
 
 
 class OrchestratedService(Protocol):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from autoscaler.engine import backoff as bo
 from autoscaler.engine.health import ServiceHealth
-from autoscaler.engine.ports import Replica
+from autoscaler.engine.ports import ContainerTemplate, Replica
 from autoscaler.engine.replicas import Tracked
 from autoscaler.model import History, TimedValue
 from autoscaler.telemetry import Telemetry
@@ -140,6 +140,8 @@ class ServiceState:
     history: History = field(default_factory=History)
     backoff: bo.Backoff = field(default_factory=bo.Backoff)
     count_to_keep: int | None = None  # None until the first look; lost replicas are replaced up to it
+    # The container the replicas copy, as read at set-up or the last reload (None: no template).
+    template: ContainerTemplate | None = None
 
     def track(self, replica: Replica, now: float) -> Tracked:
         tracked = self.tracked.get(replica.name)

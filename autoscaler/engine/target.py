@@ -11,7 +11,14 @@ from collections.abc import Callable
 from typing import Literal, Protocol
 
 from autoscaler.config import ServiceConfig
-from autoscaler.engine.ports import HealthcheckSpec, Replica, ReplicaSpec, ServerStat
+from autoscaler.engine.ports import (
+    ContainerFields,
+    ContainerTemplate,
+    HealthcheckSpec,
+    Replica,
+    ReplicaSpec,
+    ServerStat,
+)
 from autoscaler.engine.replicas import ReplicaView, Tracked
 from autoscaler.model import Decision
 
@@ -23,18 +30,38 @@ Release = Callable[[ServiceConfig, str, float], None]
 Triage = Literal["alive", "starting", "gone"]
 
 
-def replica_spec(service: str, network: str, config: ServiceConfig) -> ReplicaSpec:
-    """What every new replica of the service is made from."""
+def replica_spec(service: str, network: str, config: ServiceConfig,
+                 template: ContainerTemplate | None = None) -> ReplicaSpec:
+    """What every new replica of the service is made from: the config, on top of the template
+    (a container the user runs) when the service names one."""
     check = config.healthcheck
+    image = config.image or (template.image if template is not None else "")
+    assert image, "config validation: an image or a template, and a template is resolved before a start"
     return ReplicaSpec(
         service=service,
-        image=config.image,
+        image=image,
         port=config.port,
         network=network,
         cpu_limit_cores=config.cpu_limit,
         memory_limit_bytes=config.memory_limit,
         command=tuple(config.command),
-        env=dict(config.env),
+        # compose's order: env_file first, environment on top.
+        env={**config.file_env(), **config.env},
+        fields=ContainerFields(
+            volumes=tuple(config.volumes),
+            networks=tuple(config.network_aliases().items()),
+            labels=tuple(config.labels.items()),
+            user=config.user,
+            read_only=config.read_only,
+            tmpfs=tuple(config.tmpfs),
+            cap_add=tuple(config.cap_add),
+            cap_drop=tuple(config.cap_drop),
+            extra_hosts=tuple(config.extra_hosts),
+            stop_signal=config.stop_signal,
+            log_driver=config.logging.driver if config.logging is not None else None,
+            log_options=tuple(config.logging.options.items()) if config.logging is not None else (),
+        ),
+        template=template,
         healthcheck=None if check is None else HealthcheckSpec(
             tuple(check.test), check.interval_seconds, check.timeout_seconds, check.retries,
             check.start_period_seconds,
@@ -43,6 +70,7 @@ def replica_spec(service: str, network: str, config: ServiceConfig) -> ReplicaSp
 
 
 class ScaleTarget(Protocol):
+    def resolve_template(self, config: ServiceConfig) -> ContainerTemplate | None: ...
     def prepare(self, config: ServiceConfig, spec: ReplicaSpec) -> bool: ...
     def remove_created(self) -> None: ...
     def list_replicas(self) -> list[Replica]: ...

@@ -420,7 +420,7 @@ WINDOW = '[[services.web.schedule]]\nname = "peak"\nduration_seconds = 3600\n'
             "services.web.policy.scale_up.rules",
             "at least 1 item",
         ),
-        ({"web": {"image": REMOVE}}, "services.web.image", "required key is missing"),
+        ({"web": {"image": REMOVE}}, "services.web.image", "set image, or template"),
         ({"lb": {"publish": REMOVE}}, "services.web.load_balancer.publish", "required key is missing"),
         ({"web": {"image": ""}}, "services.web.image", "non-empty image reference"),
         ({"tail": SECOND_SERVICE.format(publish="127.0.0.1:8080")}, "services.api.load_balancer.publish", "service 'web'"),

@@ -31,11 +31,17 @@ publish = "127.0.0.1:8080"
 """
 
 
+class NoTemplate:
+    def resolve_template(self, config: object) -> None:
+        return None
+
+
 class RecordingController:
     def __init__(self) -> None:
         self.configs: list[object] = []
+        self.target = NoTemplate()
 
-    def update_config(self, config: object) -> None:
+    def update_config(self, config: object, template: object = None) -> None:
         self.configs.append(config)
 
 
