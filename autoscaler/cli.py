@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--start", type=_timestamp, metavar="ISO8601",
                           help="wall time of the trace's time 0, for schedules (default 2026-01-05T00:00Z, a Monday)")
 
+    down = sub.add_parser("down", help="remove what the daemon made for its services (replicas, load balancer, "
+                                       "network); refused while a daemon runs for them")
+    _add_config(down)
+    down.add_argument("--service", action="append", metavar="NAME", help="only this service (repeatable; default: all)")
+
     status = sub.add_parser("status", help="show the running daemon's services, replicas and last decisions")
     status.add_argument("--url", default="http://127.0.0.1:9464", help="the daemon's metrics_listen address")
     status.add_argument("--json", action="store_true", help="print the raw /status document")
@@ -220,6 +225,34 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_down(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    if settings is None:
+        return EXIT_USAGE
+    names = args.service or list(settings.services)
+    unknown = [n for n in names if n not in settings.services]
+    if unknown:
+        return _error(f"unknown service(s) {', '.join(map(repr, unknown))} (the config has: {', '.join(settings.services)})")
+    from autoscaler.docker.backend import DockerBackend
+    from autoscaler.down import DownError, down
+    from autoscaler.engine.ports import BackendError
+
+    try:
+        backend = DockerBackend.from_env(admin_socket_dir=settings.daemon.admin_socket_dir)
+    except BackendError as exc:
+        print(f"autoscaler: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        for line in down(settings, names, backend):
+            print(line)
+    except DownError as exc:
+        print(f"autoscaler: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        backend.close()
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from autoscaler.status import StatusError, fetch_status, render_status
 
@@ -251,6 +284,7 @@ COMMANDS = {
     "decide": cmd_decide,
     "simulate": cmd_simulate,
     "status": cmd_status,
+    "down": cmd_down,
     "agent": cmd_agent,
 }
 
