@@ -154,6 +154,16 @@ class Telemetry:
             "autoscaler_external_metric_errors", "Reads of an external metric's source that failed.", sm, registry=r
         )
         self._externals_exported: dict[str, set[str]] = {}
+        # --- rolling updates -------------------------------------------------------------------
+        self.replica_versions = Gauge(
+            "autoscaler_replica_versions", "Live replicas by the version they were made from (a hash of the spec).",
+            ["service", "version"], registry=r,
+        )
+        self.rollout_in_progress = Gauge(
+            "autoscaler_rollout_in_progress", "1 while replicas of another version than the current one run.", s, registry=r,
+        )
+        self.rollbacks = Counter("autoscaler_rollbacks", "Rollouts stopped and rolled back by the circuit breaker.", s, registry=r)
+        self._versions_exported: dict[str, set[str]] = {}
         self.lease_held = Gauge(
             "autoscaler_lease_held", "1 when this daemon holds the service's lease (0: standing by).", s, registry=r
         )
@@ -199,6 +209,7 @@ class Telemetry:
         self.start_backoff_failures.labels(service).set(0)
         self.engine_outages.labels(service)
         self.lb_restarts.labels(service)
+        self.rollbacks.labels(service)
         self.since_evaluation.labels(service).set_function(
             lambda: time.time() - self._evaluated_at[service] if service in self._evaluated_at else NAN
         )
@@ -281,6 +292,14 @@ class Telemetry:
             errors = self.external_errors.labels(service, name)
             if value is None:
                 errors.inc()
+
+    def record_versions(self, service: str, counts: dict[str, int], in_progress: bool) -> None:
+        for gone in self._versions_exported.get(service, set()) - set(counts):
+            _remove(self.replica_versions, service, gone)
+        self._versions_exported[service] = set(counts)
+        for version, count in counts.items():
+            self.replica_versions.labels(service, version).set(count)
+        self.rollout_in_progress.labels(service).set(1 if in_progress else 0)
 
     def record_agent(self, node: str, up: bool) -> None:
         self.agent_up.labels(node).set(1 if up else 0)

@@ -95,6 +95,25 @@ class HealthcheckConfig(ConfigModel):
         return value
 
 
+class RolloutConfig(ConfigModel):
+    """A rolling update when what the replicas are made from changes (a Kubernetes
+    Deployment's RollingUpdate): at most max_surge replicas above the count to keep, at most
+    max_unavailable below it, each new replica ready before an old one drains."""
+
+    max_surge: int = Field(1, ge=0, le=MAX_REPLICAS)
+    max_unavailable: int = Field(0, ge=0, le=MAX_REPLICAS)
+    # Replicas of the new version that fail (exit, or never pass their check) before the
+    # rollout stops and rolls back (as ECS's deployment circuit breaker).
+    failure_threshold: int = Field(2, ge=1, le=MAX_REPLICAS)
+
+    @model_validator(mode="after")
+    def _check_progress(self) -> "RolloutConfig":
+        if self.max_surge == 0 and self.max_unavailable == 0:
+            raise_problems([(("max_surge",), "0 with max_unavailable 0 could never replace a replica: "
+                             "allow one extra (max_surge = 1, the default) or one fewer (max_unavailable = 1)")])
+        return self
+
+
 class PrometheusSourceConfig(ConfigModel):
     """metrics_source = "prometheus": PromQL against a Prometheus that scrapes cAdvisor (or the
     agent). Each query returns one series per task, labelled with the task's id; `{service}` is
@@ -172,6 +191,7 @@ class ServiceConfig(ContainerFields):
     backoff_max_seconds: float = Field(60.0, gt=0, le=MAX_BACKOFF_SECONDS)
     # None: a worker, with no load balancer (its replicas take work from a queue, not requests).
     load_balancer: LoadBalancerConfig | None = None
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     schedule: list[ScheduleWindow] = []
 

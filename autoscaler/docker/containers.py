@@ -11,7 +11,7 @@ import docker
 import docker.errors
 
 from autoscaler.docker.engine import DockerEngine, docker_epoch
-from autoscaler.docker.labels import LABEL_PORT, ROLE_REPLICA, is_owned, label_filter
+from autoscaler.docker.labels import LABEL_PORT, LABEL_VERSION, ROLE_REPLICA, is_owned, label_filter
 from autoscaler.docker.template import create_body, read_template
 from autoscaler.engine.ports import BackendError, ContainerTemplate, ExitReport, Replica, ReplicaSpec
 
@@ -56,6 +56,7 @@ class DockerContainers:
                     created_at_seconds=float(c["Created"]),
                     port=int(port_label) if port_label.isdigit() else None,
                     health=health_of(str(c.get("Status") or "")),
+                    version=(c.get("Labels") or {}).get(LABEL_VERSION),
                 )
             )
         return sorted(replicas, key=lambda r: (r.created_at_seconds, r.name))
@@ -87,7 +88,7 @@ class DockerContainers:
         created_at = docker_epoch(info.get("Created")) or time.time()
         health = (info["State"].get("Health") or {}).get("Status") or None
         return Replica(container_id, name, spec.service, info["State"]["Status"], ip, created_at, spec.port,
-                       health=health)
+                       health=health, version=spec.version)
 
     def read_template(self, service: str, container: str | None, compose: tuple[str, str] | None) -> ContainerTemplate:
         return read_template(self._engine, service, container, compose)

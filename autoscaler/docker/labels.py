@@ -8,6 +8,7 @@ LABEL_SERVICE = "autoscaler.service"
 LABEL_ROLE = "autoscaler.role"
 LABEL_PUBLISH = "autoscaler.publish"
 LABEL_PORT = "autoscaler.port"  # the port a replica listens on (it keeps it across config reloads)
+LABEL_VERSION = "autoscaler.version"  # ReplicaSpec.version of what the replica was made from
 LABEL_LB_SPEC = "autoscaler.lb-spec"  # hash of what a load balancer was created from
 ROLE_REPLICA = "replica"
 ROLE_LOAD_BALANCER = "load-balancer"

@@ -30,7 +30,7 @@ import docker.errors
 
 from autoscaler.config.container import parse_volume
 from autoscaler.docker.engine import DockerEngine
-from autoscaler.docker.labels import LABEL_MANAGED, LABEL_PORT, ROLE_REPLICA, owner_labels
+from autoscaler.docker.labels import LABEL_MANAGED, LABEL_PORT, LABEL_VERSION, ROLE_REPLICA, owner_labels
 from autoscaler.engine.ports import ContainerTemplate, ReplicaSpec, Unusable
 
 COMPOSE_PROJECT = "com.docker.compose.project"
@@ -169,6 +169,7 @@ def create_body(spec: ReplicaSpec) -> tuple[dict[str, Any], list[tuple[str, tupl
     labels.update(owner_labels(spec.service, ROLE_REPLICA))
     if spec.port is not None:
         labels[LABEL_PORT] = str(spec.port)
+    labels[LABEL_VERSION] = spec.version
     body["Labels"] = labels
     # compose's fields, on top of the template's.
     binds = list(host.get("Binds") or [])

@@ -27,7 +27,15 @@ from autoscaler.engine.ports import (
     ServerStat,
 )
 from autoscaler.engine.replicas import ReplicaView, Tracked, choose_victims, classify_exit
-from autoscaler.engine.state import Context, Failure, LeaseLost, ServiceState, record_failure, uncount_scale_up
+from autoscaler.engine.state import (
+    Context,
+    Failure,
+    LeaseLost,
+    Rollout,
+    ServiceState,
+    record_failure,
+    uncount_scale_up,
+)
 from autoscaler.engine.target import Release, Triage, replica_spec
 from autoscaler.model import Decision
 from autoscaler.policy.evaluate import record_scale
@@ -43,6 +51,13 @@ class Plan:
     held_back: int  # wanted, but held back by the start backoff
     drop_decided: int  # decided scale-up starts that will not happen (the count went down first)
     retire: tuple[ReplicaView, ...]  # the surplus, in the order to take it out
+    outdated: int = 0  # replicas of another version still active (a rollout in progress)
+
+
+def is_outdated(view: ReplicaView, version: str | None) -> bool:
+    """Made from something else than the current version (None on either side: not known,
+    counted as current, so that replicas from before versions are not rolled)."""
+    return version is not None and view.replica.version is not None and view.replica.version != version
 
 
 def plan(
@@ -54,22 +69,72 @@ def plan(
     tracked: Mapping[str, Tracked],
     can_retire: bool,
     now: float,
+    version: str | None = None,
+    max_surge: int = 1,
+    max_unavailable: int = 0,
 ) -> Plan:
-    """What to start or retire to move toward the count to keep. Pure."""
+    """What to start or retire to move toward the count to keep, and replicas of another
+    version over to `version` (a Deployment's rolling update: at most max_surge above the count
+    to keep, at most max_unavailable ready ones below it). Pure."""
     active = [v for v in views if v.state != "draining"]
     count = len(active) + starts_in_flight
     drop = max(0, decided_starts - max(0, count_to_keep - count))
+    outdated = [v for v in active if is_outdated(v, version)]
+    if outdated:
+        return _rolling(active, outdated, count_to_keep, starts_in_flight, drop, backoff, tracked, can_retire, now,
+                        max_surge, max_unavailable)
     if count < count_to_keep:
         wanted = count_to_keep - count
-        on_their_way = starts_in_flight + sum(
-            1 for v in active
-            if v.state == "starting" and tracked[v.replica.name].started_by_us and tracked[v.replica.name].ready_since is None
-        )
-        allowed = bo.starts_allowed(backoff, now, wanted, on_their_way)
+        allowed = bo.starts_allowed(backoff, now, wanted, _on_their_way(active, starts_in_flight, tracked))
         return Plan(allowed, wanted - allowed, drop, ())
     if count > count_to_keep and can_retire:
         return Plan(0, 0, drop, tuple(choose_victims(active, count - count_to_keep - starts_in_flight)))
     return Plan(0, 0, drop, ())
+
+
+def _on_their_way(active: Sequence[ReplicaView], starts_in_flight: int, tracked: Mapping[str, Tracked]) -> int:
+    return starts_in_flight + sum(
+        1 for v in active
+        if v.state == "starting" and tracked[v.replica.name].started_by_us and tracked[v.replica.name].ready_since is None
+    )
+
+
+def _rolling(
+    active: list[ReplicaView],
+    outdated: list[ReplicaView],
+    count_to_keep: int,
+    starts_in_flight: int,
+    drop: int,
+    backoff: bo.Backoff,
+    tracked: Mapping[str, Tracked],
+    can_retire: bool,
+    now: float,
+    max_surge: int,
+    max_unavailable: int,
+) -> Plan:
+    """One step of a rolling update. New replicas (and every start in flight) are of the
+    current version; an outdated one is retired only while enough others are ready, so that
+    with max_unavailable 0 the ready count never drops below the count to keep."""
+    total = len(active) + starts_in_flight
+    current = total - len(outdated)
+    retire: list[ReplicaView] = []
+    if can_retire:
+        ready = sum(1 for v in active if v.state == "ready")
+        # Outdated replicas that serve nobody go first: they take nothing from availability.
+        for view in outdated:
+            if view.state != "ready" and total - len(retire) > count_to_keep - max_unavailable:
+                retire.append(view)
+        spare = ready - (count_to_keep - max_unavailable)
+        for view in sorted((v for v in outdated if v.state == "ready"), key=lambda v: -v.replica.created_at_seconds):
+            if spare <= 0:
+                break
+            retire.append(view)
+            spare -= 1
+    # Up to the count to keep in the new version, within the surge above it (what is retired
+    # now drains: it no longer counts, as a terminating pod does not in a Deployment).
+    wanted = max(0, min(count_to_keep - current, count_to_keep + max_surge - (total - len(retire))))
+    allowed = bo.starts_allowed(backoff, now, wanted, _on_their_way(active, starts_in_flight, tracked)) if wanted else 0
+    return Plan(allowed, wanted - allowed, drop, tuple(retire), len(outdated))
 
 
 class ContainerSet:
@@ -141,7 +206,8 @@ class ContainerSet:
             return None
         replica: Replica = outcome.value
         tracked = self._state.tracked[replica.name] = Tracked(
-            replica.id, submitted_at, replica.created_at_seconds, started_by_us=True, counted_at=counted_at
+            replica.id, submitted_at, replica.created_at_seconds, started_by_us=True, counted_at=counted_at,
+            version=replica.version,
         )
         log.info("started replica %s (%.2fs)", replica.name, now - submitted_at,
                  extra=self._ctx.extra(replica=replica.name))
@@ -158,6 +224,7 @@ class ContainerSet:
             return
         failure = Failure(name, "create_failed", f"replica {name} could not be started: {exc}", never_ready=True,
                           counts=True, counted_at=counted_at, key=str(exc))
+        self._new_version_failed(config, outcome_version(self._state), f"could not be started: {exc}", now)
         record_failure(self._ctx, self._state, failure, now, config.backoff_initial_seconds, config.backoff_max_seconds)
 
     # --- repair -----------------------------------------------------------------------------
@@ -198,6 +265,8 @@ class ContainerSet:
         what = "failed to start" if never_ready else "failed"
         failure = Failure(name, reason, f"replica {name} {what} ({reason}): {detail}", never_ready, counts,
                           counted_at=tracked.counted_at)
+        if never_ready:
+            self._new_version_failed(config, tracked.version, f"{reason}: {detail}", now)
         record_failure(self._ctx, self._state, failure, now, config.backoff_initial_seconds, config.backoff_max_seconds)
 
     def retry_removal(self, config: ServiceConfig, replica: Replica) -> None:
@@ -226,8 +295,10 @@ class ContainerSet:
         state = self._state
         assert state.count_to_keep is not None
         in_flight = state.in_flight
+        rollout = self._rollout(config)
         step = plan(views, state.count_to_keep, in_flight.starts, in_flight.decided, state.backoff, state.tracked,
-                    can_retire, now)
+                    can_retire, now, rollout.spec.version, config.rollout.max_surge, config.rollout.max_unavailable)
+        self._rollout_progress(rollout, step, views)
         for decided_at in in_flight.drop_decided(step.drop_decided):
             state.history = uncount_scale_up(state.history, decided_at)
         for _ in range(step.start):
@@ -253,9 +324,58 @@ class ContainerSet:
         log.info("removing replica %s (%s)", name, "not serving yet" if force else "stop signal, then removed",
                  extra=self._ctx.extra(replica=name))
 
+    # --- rollouts ---------------------------------------------------------------------------
+
+    def _rollout(self, config: ServiceConfig) -> Rollout:
+        """What new replicas are made from. A changed spec (a reload, a template read again)
+        starts a rolling update toward it, unless the circuit breaker stopped that version."""
+        state = self._state
+        wanted = replica_spec(self._ctx.name, self._ctx.network, config, state.template)
+        rollout = state.rollout
+        if rollout is None:
+            rollout = state.rollout = Rollout(wanted)
+        elif wanted.version != rollout.spec.version:
+            if wanted.version in rollout.rolled_back:
+                self._ctx.once("rollout", logging.WARNING,
+                               "version %s was rolled back: replicas stay at %s until what they are made from "
+                               "changes again", wanted.version, rollout.spec.version)
+            else:
+                log.info("rolling out version %s (from %s): at most %d extra and %d fewer replica(s), each new one "
+                         "ready before an old one drains", wanted.version, rollout.spec.version,
+                         config.rollout.max_surge, config.rollout.max_unavailable, extra=self._ctx.extra())
+                self._ctx.health.notes.pop("rollout", None)
+                rollout = state.rollout = Rollout(wanted, rollout.spec, rolled_back=rollout.rolled_back)
+        return rollout
+
+    def _rollout_progress(self, rollout: Rollout, step: Plan, views: list[ReplicaView]) -> None:
+        if rollout.in_progress and not step.outdated:
+            current = sum(1 for v in views if v.state != "draining")
+            log.info("rollout of version %s done: %d replica(s) of it", rollout.spec.version, current,
+                     extra=self._ctx.extra())
+            rollout.previous = None
+            rollout.failures = 0
+        rollout.in_progress = step.outdated > 0
+
+    def _new_version_failed(self, config: ServiceConfig, version: str | None, detail: str, now: float) -> None:
+        """A replica of the version being rolled out failed to become ready: after
+        rollout.failure_threshold of them the rollout stops and rolls back (ECS's deployment
+        circuit breaker); the old replicas were never touched (they drain only for ready ones)."""
+        rollout = self._state.rollout
+        if rollout is None or rollout.previous is None or version != rollout.spec.version or not rollout.in_progress:
+            return
+        rollout.failures += 1
+        if rollout.failures < config.rollout.failure_threshold:
+            return
+        bad, good = rollout.spec, rollout.previous
+        log.warning("rollout of version %s stopped after %d failed replica(s) (last: %s): rolling back to %s",
+                    bad.version, rollout.failures, detail, good.version, extra=self._ctx.extra())
+        self._ctx.telemetry.rollbacks.labels(self._ctx.name).inc()
+        # No rollback target for the rollback itself: the version stopped is never started again.
+        self._state.rollout = Rollout(good, None, rolled_back=rollout.rolled_back | {bad.version}, in_progress=True)
+
     def _submit_start(self, config: ServiceConfig, counted_at: float | None, now: float) -> None:
         self._ctx.fence()
-        spec = replica_spec(self._ctx.name, self._ctx.network, config, self._state.template)
+        spec = self._rollout(config).spec
         name = self._runtime.new_replica_name(self._ctx.name)
         self._state.in_flight.expect_start(name)
         self._ops.submit("start", name, lambda: self._fenced(lambda: self._runtime.start_replica(spec, name)),
@@ -274,3 +394,8 @@ class ContainerSet:
         # between submitting and running it may have lost the lease meanwhile.
         self._ctx.fence()
         return call()
+
+
+def outcome_version(state: ServiceState) -> str | None:
+    """The version a failed start was made from: starts are always of the rollout's spec."""
+    return state.rollout.spec.version if state.rollout is not None else None

@@ -123,6 +123,7 @@ class ServiceController:
         self.last_snapshot: ServiceSnapshot | None = None
         self._last_logged: tuple[str, int, int] | None = None
         self.replica_counts: dict[str, int] = {"ready": 0, "starting": 0, "draining": 0}
+        self.replica_versions: dict[str, int] = {}
         telemetry.register_service(name)
 
     @property
@@ -476,6 +477,13 @@ class ServiceController:
                 counts["starting"] += 1
         self.replica_counts = counts
         self._telemetry.record_replicas(self.name, counts)
+        versions: dict[str, int] = {}
+        for name, tracked in state.tracked.items():
+            if not tracked.failed and tracked.drain_deadline is None and not state.in_flight.removing(name):
+                versions[tracked.version or "unknown"] = versions.get(tracked.version or "unknown", 0) + 1
+        self.replica_versions = versions
+        rollout = state.rollout
+        self._telemetry.record_versions(self.name, versions, rollout is not None and rollout.in_progress)
         self._telemetry.start_backoff.labels(self.name).set(bo.seconds_until_retry(state.backoff, now))
         self._telemetry.start_backoff_failures.labels(self.name).set(state.backoff.failures)
 

@@ -605,5 +605,21 @@ def service_status(controller: ServiceController, now: float, interval_seconds: 
             "name": lb.name, "publish": lb.publish, "metrics": f"{lb.metrics_host}:{lb.metrics_port}",
             "up": health.lb_down_since is None,
         },
+        "versions": dict(controller.replica_versions),
+        "rollout": _rollout_status(controller),
         "warnings": warnings,
+    }
+
+
+def _rollout_status(controller: ServiceController) -> dict[str, Any] | None:
+    """The version new replicas are made from and, during a rolling update, what it replaces."""
+    rollout = controller.state.rollout
+    if rollout is None:
+        return None
+    return {
+        "version": rollout.spec.version,
+        "in_progress": rollout.in_progress,
+        "replacing": None if rollout.previous is None else rollout.previous.version,
+        "failures": rollout.failures,
+        "rolled_back": sorted(rollout.rolled_back),
     }

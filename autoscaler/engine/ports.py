@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 # --- errors ---------------------------------------------------------------------------------
@@ -117,6 +117,12 @@ class ReplicaSpec:
     fields: ContainerFields = field(default_factory=ContainerFields)
     template: ContainerTemplate | None = None  # set: the replicas copy it, the fields above on top
 
+    @property
+    def version(self) -> str:
+        """A hash of everything a replica is made from: replicas of another version are rolled
+        over to this one (a rolling update)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
 
 @dataclass(frozen=True)
 class Replica:
@@ -132,6 +138,9 @@ class Replica:
     # Docker's health status where a HEALTHCHECK is defined: "starting", "healthy" or
     # "unhealthy"; None where the container has no check.
     health: str | None = None
+    # What it was made from (ReplicaSpec.version, from its label); None for replicas that
+    # predate versions: they count as the current version, so an upgrade rolls nothing.
+    version: str | None = None
 
     @property
     def running(self) -> bool:

@@ -60,6 +60,7 @@ class Tracked:
     unhealthy_since: float | None = None  # was ready (or paused), now out of rotation
     drain_deadline: float | None = None
     failed: bool = False
+    version: str | None = None  # of what it was made from (Replica.version)
 
 
 def classify_exit(report: ExitReport, was_ready: bool) -> tuple[str, bool]:

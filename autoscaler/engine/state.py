@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from autoscaler.engine import backoff as bo
 from autoscaler.engine.health import ServiceHealth
-from autoscaler.engine.ports import ContainerTemplate, Replica
+from autoscaler.engine.ports import ContainerTemplate, Replica, ReplicaSpec
 from autoscaler.engine.replicas import Tracked
 from autoscaler.model import History, TimedValue
 from autoscaler.telemetry import Telemetry
@@ -133,6 +133,17 @@ class InFlight:
 
 
 @dataclass
+class Rollout:
+    """What new replicas are made from, and the rolling update toward it."""
+
+    spec: ReplicaSpec  # new replicas are made from this
+    previous: ReplicaSpec | None = None  # the version being replaced (the rollback target)
+    failures: int = 0  # replicas of `spec` that failed while it replaced `previous`
+    rolled_back: frozenset[str] = frozenset()  # versions the circuit breaker stopped
+    in_progress: bool = False  # replicas of another version run
+
+
+@dataclass
 class ServiceState:
     started_at: float  # controller clock, when this process began looking at the service
     tracked: dict[str, Tracked] = field(default_factory=dict)
@@ -142,11 +153,13 @@ class ServiceState:
     count_to_keep: int | None = None  # None until the first look; lost replicas are replaced up to it
     # The container the replicas copy, as read at set-up or the last reload (None: no template).
     template: ContainerTemplate | None = None
+    rollout: Rollout | None = None  # None until the first pass that starts or counts replicas
 
     def track(self, replica: Replica, now: float) -> Tracked:
         tracked = self.tracked.get(replica.name)
         if tracked is None:
-            tracked = self.tracked[replica.name] = Tracked(replica.id, now, replica.created_at_seconds)
+            tracked = self.tracked[replica.name] = Tracked(replica.id, now, replica.created_at_seconds,
+                                                           version=replica.version)
         return tracked
 
     def forget(self, listed: set[str]) -> None:

@@ -213,3 +213,65 @@ def test_without_a_load_balancer_a_replica_that_exits_is_reported_and_replaced(w
 
     assert world.metric("autoscaler_replica_failures_total", reason="crashed") == 1
     assert len(world.backend.running) == 2 and B not in world.backend.running
+
+
+# --- rolling updates: replicas of another version over to the current one --------------------
+
+
+def versioned(replica_name: str, state: str, version: str, age: float = 0.0) -> ReplicaView:
+    base = view(replica_name, state, 0 if state != "starting" else None, age)
+    return ReplicaView(Replica(base.replica.id, base.replica.name, SERVICE, "running", "10.0.0.1",
+                               base.replica.created_at_seconds, version=version), state, base.server)
+
+
+ROLLING_CASES = {
+    # (views, keep, starts in flight, surge, unavailable) -> (start, retire, outdated)
+    "first-step-surges-one": ([versioned(A, "ready", "v1"), versioned(B, "ready", "v1")], 2, 0, 1, 0, (1, [], 2)),
+    "waits-for-the-new-one": ([versioned(A, "ready", "v1"), versioned(B, "ready", "v1")], 2, 1, 1, 0, (0, [], 2)),
+    "new-starting-waits": (
+        [versioned(A, "ready", "v1"), versioned(B, "ready", "v1"), versioned(C, "starting", "v2")], 2, 0, 1, 0,
+        (0, [], 2)),
+    "new-ready-retires-the-newest-old": (
+        [versioned(A, "ready", "v1", age=9), versioned(B, "ready", "v1", age=5), versioned(C, "ready", "v2")], 2, 0, 1,
+        0, (1, [B], 2)),
+    "draining-old-frees-the-surge": (
+        [versioned(A, "ready", "v1"), versioned(B, "draining", "v1"), versioned(C, "ready", "v2")], 2, 0, 1, 0,
+        (1, [], 1)),
+    "unready-old-goes-first": (
+        [versioned(A, "starting", "v1"), versioned(B, "ready", "v1"), versioned(C, "ready", "v2")], 2, 0, 1, 0,
+        (1, [A], 2)),
+    "unavailable-one-without-surge": (
+        [versioned(A, "ready", "v1"), versioned(B, "ready", "v1")], 2, 0, 0, 1, (1, [A], 2)),
+    "surge-two": ([versioned(A, "ready", "v1"), versioned(B, "ready", "v1")], 2, 0, 2, 0, (2, [], 2)),
+    "scale-up-during-rollout": ([versioned(A, "ready", "v1"), versioned(B, "ready", "v2")], 4, 0, 1, 0, (3, [], 1)),
+    "unknown-version-is-current": ([versioned(A, "ready", "v1"), view(B, "ready")], 2, 0, 1, 0, (1, [], 1)),
+}
+
+
+@pytest.mark.parametrize(("views", "keep", "in_flight", "surge", "unavailable", "expected"), ROLLING_CASES.values(),
+                         ids=ROLLING_CASES.keys())
+def test_rolling_plan(views: list[ReplicaView], keep: int, in_flight: int, surge: int, unavailable: int,
+                      expected: tuple[int, list[str], int]) -> None:
+    result = plan(views, keep, in_flight, 0, bo.Backoff(), tracked_for(*views), True, now=10.0,
+                  version="v2", max_surge=surge, max_unavailable=unavailable)
+    assert (result.start, [v.replica.name for v in result.retire], result.outdated) == expected
+
+
+def test_rolling_never_drops_ready_replicas_below_the_count_with_no_unavailable() -> None:
+    """Simulated to the end: each step's starts become ready, retired ones leave; the ready
+    count never falls below the count to keep and never exceeds it by more than the surge."""
+    keep, surge = 4, 1
+    views = [versioned(name(f"old{i}"), "ready", "v1", age=10 + i) for i in range(keep)]
+    made = 0
+    for _ in range(30):
+        step = plan(views, keep, 0, 0, bo.Backoff(), tracked_for(*views), True, now=10.0, version="v2",
+                    max_surge=surge, max_unavailable=0)
+        retired = {v.replica.name for v in step.retire}
+        views = [v for v in views if v.replica.name not in retired]
+        for _ in range(step.start):
+            made += 1
+            views.append(versioned(name(f"new{made}"), "ready", "v2"))
+        assert keep <= sum(1 for v in views if v.state == "ready") <= keep + surge
+        if not step.outdated:
+            break
+    assert sorted(v.replica.version for v in views) == ["v2"] * keep
