@@ -55,6 +55,25 @@ def _value(value: float | None, unit: str) -> str:
     return "missing" if value is None else f"{value:.4g}{unit}"
 
 
+def _external_lines(metric: dict[str, Any], utilization: dict[str, Any]) -> list[str]:
+    """An external metric: its value against its target (per replica for kind "average", the
+    HPA's AverageValue), activation, proposal and source; a second line when the source fails."""
+    target = metric.get("target")
+    kind = metric.get("kind", "?")
+    per_replica = " per replica" if kind == "average" else ""
+    target_text = "-" if target is None else f"{target:g}{per_replica} ({kind})"
+    activation = metric.get("activation")
+    proposal = "none" if utilization.get("proposal") is None else utilization["proposal"]
+    lines = [(
+        f"  {metric.get('name', '?'):<11} {_value(metric.get('value'), ''):>9} / target {target_text}  "
+        f"activation {'-' if activation is None else f'{activation:g}'}  proposal {proposal}  "
+        f"from {metric.get('source', '?')}"
+    )]
+    if metric.get("error"):
+        lines.append(f"  {'':<11} source error: {metric['error']}")
+    return lines
+
+
 def render_status(document: dict[str, Any]) -> str:
     lines = [
         f"autoscaler {document.get('version', '?')}"
@@ -64,14 +83,19 @@ def render_status(document: dict[str, Any]) -> str:
     for name, s in sorted(document["services"].items()):
         replicas = s.get("replicas", {})
         lines.append("")
-        lines.append(f"{name}")
+        lines.append(f"{name}  (worker: no load balancer)" if s.get("worker") else f"{name}")
         lines.append(
             f"  replicas    ready {replicas.get('ready', 0)}  starting {replicas.get('starting', 0)}  "
             f"draining {replicas.get('draining', 0)}   desired {s.get('desired_replicas', '?')}   "
             f"min/max {s.get('min_replicas')}/{s.get('max_replicas')} ({s.get('bounds_source', 'config')})"
         )
         targets = s.get("targets", {})
-        for metric, u in sorted(s.get("utilization", {}).items()):
+        utilization = s.get("utilization", {})
+        externals = s.get("external_metrics") or []
+        external_names = {m.get("name") for m in externals}
+        for metric, u in sorted(utilization.items()):
+            if metric in external_names:
+                continue  # shown below with its source
             unit = UNITS.get(metric, "")
             target = u.get("target")
             if target is None:
@@ -79,6 +103,8 @@ def render_status(document: dict[str, Any]) -> str:
             target_text = "-" if target is None else f"{target:g}{unit}"
             proposal = "none" if u.get("proposal") is None else u["proposal"]
             lines.append(f"  {metric:<11} {_value(u.get('value'), unit):>9} / target {target_text:<8} proposal {proposal}")
+        for m in externals:
+            lines.extend(_external_lines(m, utilization.get(m.get("name")) or {}))
         decision = s.get("last_decision")
         if decision:
             lines.append(f"  last        {decision['reason']} {_age(decision.get('age_seconds'))}: {decision['message']}")

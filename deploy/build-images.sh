@@ -6,6 +6,10 @@
 #                               Redis queue worker: python3 /app/worker.py)
 #   autoscaler-redis:latest     (Debian's Redis: the worker demo's queue, the Redis source's tests)
 # Idempotent: an image is rebuilt only when the hash of its build context changed.
+# With arguments, only the images named (without ":latest"), e.g. the demo's:
+#   build-images.sh autoscaler-haproxy autoscaler-demo-app autoscaler-redis
+# AUTOSCALER_KEEP_IMAGES=1 uses an image that exists as it is, even when its context changed: on
+# an engine shared with someone testing another checkout, rebuilding would change their images.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -83,9 +87,18 @@ context_hash() {
     (cd "$1" && find . -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16
 }
 
+kept() {
+    if [ -n "${AUTOSCALER_KEEP_IMAGES:-}" ] && have_image "$1"; then
+        log "$1 exists: kept as it is (AUTOSCALER_KEEP_IMAGES)"
+        return 0
+    fi
+    return 1
+}
+
 # build TAG DIR: rebuilds only when the context hash label differs from the existing image.
 build() {
     local tag=$1 dir=$2 hash current
+    kept "$tag" && return
     hash=$(context_hash "$dir")
     current=$(docker image inspect -f '{{ index .Config.Labels "autoscaler.context-hash" }}' "$tag" 2>/dev/null || true)
     if [ "$current" = "$hash" ]; then
@@ -101,6 +114,7 @@ build() {
 # reachable) and the load generator; both are generated, not committed.
 build_daemon() {
     local repo context hash current python
+    kept autoscaler:latest && return
     repo=$(cd "$here/.." && pwd)
     context="$here/autoscaler"
     hash=$( (cd "$repo" && find pyproject.toml autoscaler deploy/loadgen.py deploy/autoscaler/Dockerfile \
@@ -127,9 +141,25 @@ build_daemon() {
     log "built autoscaler:latest ($hash)"
 }
 
+images=(autoscaler-haproxy autoscaler-demo-app autoscaler-redis autoscaler)
+for name in "$@"; do
+    case " ${images[*]} " in
+        *" $name "*) ;;
+        *) log "unknown image $name (known: ${images[*]})"; exit 2 ;;
+    esac
+done
+# wanted NAME [SELECTED...]: true when nothing is selected (every image) or NAME is.
+wanted() {
+    local name=$1
+    shift
+    [ $# -eq 0 ] && return 0
+    case " $* " in *" $name "*) return 0 ;; esac
+    return 1
+}
+
 docker info >/dev/null 2>&1 || { log "the Docker engine is not reachable (is dockerd running?)"; exit 1; }
 ensure_base
-build autoscaler-haproxy:latest "$here/haproxy"
-build autoscaler-demo-app:latest "$here/demo-app"
-build autoscaler-redis:latest "$here/redis"
-build_daemon
+if wanted autoscaler-haproxy "$@"; then build autoscaler-haproxy:latest "$here/haproxy"; fi
+if wanted autoscaler-demo-app "$@"; then build autoscaler-demo-app:latest "$here/demo-app"; fi
+if wanted autoscaler-redis "$@"; then build autoscaler-redis:latest "$here/redis"; fi
+if wanted autoscaler "$@"; then build_daemon; fi

@@ -2,6 +2,7 @@
 # Idempotent set-up shared by the quickstart commands and CI: a Docker engine, a virtualenv
 # with the project installed, and the project's images built with no registry.
 # Safe to run again: every step checks first and is fast when already done.
+# Arguments, if any, name the images to build (see build-images.sh); default: all of them.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -66,4 +67,4 @@ ensure_tools() {
 ensure_docker
 ensure_tools
 ensure_venv
-"$repo/deploy/build-images.sh"
+"$repo/deploy/build-images.sh" "$@"

@@ -567,9 +567,26 @@ def service_status(controller: ServiceController, now: float, interval_seconds: 
     if age is not None and age > stale_after_seconds(interval_seconds):
         warnings.append(f"last evaluation {age:.0f}s ago")
     lb = controller.load_balancer
+    # The external metrics as configured now, each with the last reading of its source (value,
+    # or None and the source's own sentence); a metric added by a reload has no reading yet.
+    readings = {reading.name: reading for reading in controller.external.last}
+    external_metrics = []
+    for metric in policy.metrics:
+        reading = readings.get(metric.name)
+        external_metrics.append({
+            "name": metric.name,
+            "source": metric.describe_source(),
+            "kind": "average" if metric.per_replica else "value",
+            "target": metric.target,
+            "activation": metric.activation,
+            "value": None if reading is None else reading.value,
+            "error": None if reading is None else reading.error,
+        })
     return {
         "state": "standby" if health.standby_holder is not None else (
             "engine_unreachable" if health.engine_down_since is not None else "active"),
+        # A worker has no load balancer: "load_balancer" is null, its replicas take work from a queue.
+        "worker": controller.config.is_worker,
         "replicas": {state: counts.get(state, 0) for state in ("ready", "starting", "draining")},
         "desired_replicas": None if decision is None else decision.desired,
         "min_replicas": bounds.min_replicas,
@@ -582,6 +599,7 @@ def service_status(controller: ServiceController, now: float, interval_seconds: 
             "response_time_ms": policy.target_response_time_ms,
         },
         "utilization": utilization,
+        "external_metrics": external_metrics,
         "queue_current": None if snapshot is None else snapshot.queue_current,
         "consecutive_metric_failures": failures,
         "stats_source": health.stats_source,

@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 # What Grafana would put in place of its variables.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "5s", "$__range": "5m"}
+REDIS_IMAGE = "autoscaler-redis:latest"
 
 
 def need_tool(name: str) -> str:
@@ -68,30 +69,71 @@ def prometheus_get(port: int, path: str, **params: str) -> Any:
     return document["data"]
 
 
+def start_redis(docker_client, service: str) -> int:  # type: ignore[no-untyped-def]
+    """A Redis on a loopback port, labelled with the service so that its clean-up removes it;
+    returns the port once Redis answers."""
+    import docker.errors
+    import redis
+
+    try:
+        docker_client.images.get(REDIS_IMAGE)
+    except docker.errors.ImageNotFound:
+        message = f"image {REDIS_IMAGE} is missing; run deploy/build-images.sh"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    port = free_port()
+    docker_client.containers.run(
+        REDIS_IMAGE, detach=True, name=f"{service}-redis", labels={"autoscaler.service": service},
+        ports={"6379/tcp": ("127.0.0.1", port)},
+    )
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
+
+    def answers() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.exceptions.RedisError:
+            return False
+
+    wait_for(answers, 30, "Redis to answer")
+    # A few jobs waiting, far below the target: the metric has a value and never decides.
+    client.lpush("jobs", "a", "b", "c")
+    client.close()
+    return port
+
+
 @pytest.fixture(scope="module")
 def scaled_service(docker_client, tmp_path_factory) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-def]
-    """A daemon that has scaled a service out under load, still serving traffic."""
+    """A daemon that has scaled a service out under load, still serving traffic. The service
+    also has an external metric (a Redis list's length), for the dashboard's external panels."""
     service = f"obs{os.urandom(3).hex()}"
     tmp = tmp_path_factory.mktemp("observability")
     lb_port, metrics_port = free_port(), free_port()
-    config = tmp / "config.toml"
-    config.write_text(demo_config(service, lb_port, metrics_port, max_replicas=3, policy="""
+    remove_service_objects(docker_client, service)
+    daemon = None
+    traffic = Traffic(lb_port)
+    try:
+        redis_port = start_redis(docker_client, service)
+        config = tmp / "config.toml"
+        config.write_text(demo_config(service, lb_port, metrics_port, max_replicas=3, policy="""
 target_cpu_percent = 50
 target_memory_percent = 80
 initialization_seconds = 0
 scale_down_stabilization_seconds = 600
-"""))
-    remove_service_objects(docker_client, service)
-    daemon = start_daemon(config, tmp / "daemon.log")
-    traffic = Traffic(lb_port)
-    try:
+""") + f"""
+[[services.{service}.policy.metrics]]
+name = "jobs"
+redis = {{ url = "redis://127.0.0.1:{redis_port}/0", list = "jobs" }}
+target_average_value = 100
+""")
+        daemon = start_daemon(config, tmp / "daemon.log")
         wait_for(lambda: status(metrics_port, service)["replicas"]["ready"] == 1, 60, "1 ready replica")
         traffic.start(workers=3, cpu_ms=20, pause_seconds=0)
         wait_for(lambda: status(metrics_port, service)["replicas"]["ready"] >= 2, 90, "a scale-out")
         yield {"service": service, "metrics_port": metrics_port, "tmp": tmp, "log": tmp / "daemon.log"}
     finally:
         traffic.stop_all()
-        if daemon.poll() is None:
+        if daemon is not None and daemon.poll() is None:
             stop_daemon(daemon)
         remove_service_objects(docker_client, service)
 
@@ -196,9 +238,16 @@ def test_status_command_and_readyz(scaled_service: dict[str, Any]) -> None:
     table = subprocess.run(["autoscaler", "status", "--url", url], capture_output=True, text=True, env=_venv_env())
     assert table.returncode == 0, table.stderr
     assert scaled_service["service"] in table.stdout and "replicas    ready" in table.stdout
+    assert "jobs" in table.stdout and "/ target 100 per replica (average)" in table.stdout
     raw = subprocess.run(["autoscaler", "status", "--url", url, "--json"], capture_output=True, text=True, env=_venv_env())
     document = json.loads(raw.stdout)
-    assert document["services"][scaled_service["service"]]["replicas"]["ready"] >= 2
+    service = document["services"][scaled_service["service"]]
+    assert service["replicas"]["ready"] >= 2
+    assert service["worker"] is False and service["load_balancer"] is not None
+    assert service["external_metrics"] == [{
+        "name": "jobs", "source": "redis list 'jobs'", "kind": "average", "target": 100.0, "activation": 0.0,
+        "value": 3.0, "error": None,
+    }]
 
 
 def _venv_env() -> dict[str, str]:
