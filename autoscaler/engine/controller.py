@@ -70,6 +70,10 @@ from autoscaler.telemetry import Telemetry
 
 log = logging.getLogger("autoscaler.engine")
 
+# How often a pass reads a service's template container again (a `docker compose up -d` that
+# recreated it with a new config is then rolled out): one list and one inspect.
+TEMPLATE_REFRESH_SECONDS = 10.0
+
 # How often the progress step looks at starting and draining replicas (one `show stat`, ~1 ms,
 # and only while some are); a finished start also wakes it at once.
 PROGRESS_SECONDS = 0.1
@@ -117,6 +121,7 @@ class ServiceController:
         self._sampler = Sampler(name)
         self.external = ExternalMetrics(self.ctx, telemetry, external or _no_external_sources)
         self._set_up = False
+        self._template_read_at = -float("inf")
         self.last_decision: Decision | None = None
         self.last_decision_at: float | None = None  # wall clock
         self.last_observation: Observation | None = None
@@ -189,6 +194,7 @@ class ServiceController:
         try:
             # The container the replicas copy, read now: a start never waits for it.
             self.state.template = self.target.resolve_template(config)
+            self._template_read_at = self.ctx.clock()
             if self.state.template is not None:
                 log.info("replicas are made from %s (version %s)", self.state.template.source,
                          self.state.template.version, extra=self.ctx.extra())
@@ -258,6 +264,7 @@ class ServiceController:
             except (BackendError, MembershipError) as exc:
                 self.ctx.once("setup", logging.ERROR, "cannot set up the service: %s (trying again)", exc)
                 return None
+        self._refresh_template(config, now)
         started = self.target.collect(config, now)
         look = self.gate.look(config, now)
         for replica, tracked in started:
@@ -387,6 +394,26 @@ class ServiceController:
             self._lease_lost()
         finally:
             self._lock.release()
+
+    def _refresh_template(self, config: ServiceConfig, now: float) -> None:
+        """Reads the template container again now and then: recreated with a new config, it is
+        a new version, which the target rolls out. Gone or unreadable, the replicas keep being
+        made from what was read last (one line, once)."""
+        if config.template is None or now - self._template_read_at < TEMPLATE_REFRESH_SECONDS:
+            return
+        self._template_read_at = now
+        try:
+            template = self.target.resolve_template(config)
+        except BackendError as exc:
+            self.ctx.once("template", logging.WARNING,
+                          "cannot read the template again: %s (replicas are made from what was read last)", exc)
+            return
+        self.health.notes.pop("template", None)
+        current = self.state.template
+        if template is not None and (current is None or template.version != current.version):
+            log.info("the template changed: %s is now version %s", template.source, template.version,
+                     extra=self.ctx.extra())
+            self.state.template = template
 
     def _renew_during_pass(self) -> None:
         """While a pass runs, the lease is renewed for it only until the renew deadline: a pass

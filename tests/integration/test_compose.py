@@ -222,3 +222,57 @@ publish = "127.0.0.1:{free_port()}"
                                                                            "autoscaler.role=load-balancer"]}) == []
     finally:
         remove_service_objects(docker_client, service_name)
+
+
+def test_compose_recreating_the_template_with_a_new_config_is_rolled_out(
+    docker_client, service_name: str, shop: dict[str, Any], tmp_path: Path  # type: ignore[no-untyped-def]
+) -> None:
+    project, compose = shop["project"], shop["compose"]
+    metrics_port, lb_port = free_port(), free_port()
+    config = tmp_path / "autoscaler.toml"
+    config.write_text(f"""
+[daemon]
+interval_seconds = 1
+metrics_listen = "127.0.0.1:{metrics_port}"
+
+[services.{service_name}]
+template = {{ compose_project = "{project}", compose_service = "web" }}
+port = 8000
+network = "{project}_front"
+cpu_limit = 0.25
+memory_limit = "128MiB"
+min_replicas = 2
+max_replicas = 2
+
+[services.{service_name}.load_balancer]
+publish = "127.0.0.1:{lb_port}"
+
+[services.{service_name}.policy]
+drain_timeout_seconds = 10
+""")
+    daemon = DaemonProcess(service_name, start_daemon(config, tmp_path / "daemon.log"), tmp_path / "daemon.log", metrics_port)
+    traffic = Traffic(lb_port)
+    try:
+        wait_for(lambda: daemon.status()["replicas"]["ready"] == 2, 90, "2 replicas of the compose service")
+        first = daemon.status()["rollout"]["version"]
+        traffic.start(workers=2, cpu_ms=2, pause_seconds=0.02)
+        # The user ships a new config: compose recreates its container...
+        compose_file = shop["dir"] / "docker-compose.yml"
+        compose_file.write_text(compose_file.read_text().replace("hello-from-compose", "hello-again"))
+        up = compose("up", "-d")
+        assert "Recreating" in up.stdout + up.stderr
+
+        def rolled_out() -> bool:
+            status = daemon.status()
+            return (status["rollout"]["version"] != first and not status["rollout"]["in_progress"]
+                    and list(status["versions"].values()) == [2] and status["replicas"]["ready"] == 2)
+
+        # ... and the daemon, which reads the template again every 10 s, rolls it out.
+        wait_for(rolled_out, 120, "the new template rolled out")
+    finally:
+        traffic.stop_all()
+        daemon.stop()
+    traffic.assert_served(at_least=100)
+    for replica in replica_containers(docker_client, service_name):
+        assert "SHOP_GREETING=hello-again" in replica.attrs["Config"]["Env"]
+    assert "the template changed" in daemon.log()
