@@ -171,7 +171,7 @@ class ContainerSet:
     def list_replicas(self) -> list[Replica]:
         return self._runtime.list_replicas(self._ctx.name, self._ctx.network)
 
-    def read_count(self) -> None:
+    def read_count(self, config: ServiceConfig) -> None:
         pass  # what runs is the count
 
     def first_count(self, active: int) -> int:

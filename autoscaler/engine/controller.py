@@ -270,7 +270,7 @@ class ServiceController:
         for replica, tracked in started:
             self.gate.started(config, replica, tracked, now)
         views = self._reconcile(config, replicas, look, now)
-        self.target.read_count()
+        self.target.read_count(config)
         state = self.state
         if state.count_to_keep is None:
             # First sight: keep what runs (or what the orchestrator holds), and seed the window

@@ -19,8 +19,8 @@ from autoscaler.engine.ports import (
     ServerStat,
 )
 from autoscaler.engine.replicas import ReplicaView, Tracked
-from autoscaler.engine.state import Context, Failure, ServiceState, record_failure
-from autoscaler.engine.target import Release, Triage
+from autoscaler.engine.state import Context, Failure, Rollout, ServiceState, record_failure
+from autoscaler.engine.target import Release, Triage, replica_spec
 from autoscaler.model import Decision
 from autoscaler.policy.evaluate import record_scale
 
@@ -56,11 +56,32 @@ class OrchestratedCount:
     def collect(self, config: ServiceConfig, now: float) -> list[tuple[Replica, Tracked]]:
         return []  # nothing runs in our threads: the orchestrator starts and stops
 
-    def read_count(self) -> None:
+    def read_count(self, config: ServiceConfig) -> None:
         try:
             self._held = self._service.desired_count(self._ctx.name)
         except BackendError as exc:
             self._ctx.once("scale", logging.WARNING, "cannot read the service's replica count: %s", exc)
+        self._roll_out(config)
+
+    def _roll_out(self, config: ServiceConfig) -> None:
+        """A changed spec (a reload) of a service the daemon created goes out through the
+        orchestrator's own rolling update, not a reimplementation. An adopted service is the
+        user's: its updates are the user's (`docker service update`)."""
+        if config.swarm_service is not None or self._ctx.dry_run:
+            return
+        spec = replica_spec(self._ctx.name, self._ctx.network, config)
+        state = self._state
+        if state.rollout is not None and state.rollout.spec.version == spec.version:
+            return
+        try:
+            running = self._service.version_of(self._ctx.name)
+            if running is not None and running != spec.version:
+                self._ctx.fence()
+                self._service.roll_out(spec)
+            state.rollout = Rollout(spec)
+        except BackendError as exc:
+            self._ctx.once("rollout", logging.WARNING, "cannot roll out version %s yet: %s (trying again)",
+                           spec.version, exc)
 
     def first_count(self, active: int) -> int:
         return self._held if self._held is not None else active

@@ -48,6 +48,7 @@ from autoscaler.docker.labels import (
     LABEL_LB_SPEC,
     LABEL_MANAGED,
     LABEL_PORT,
+    LABEL_VERSION,
     LABEL_PUBLISH,
     LABEL_ROLE,
     LABEL_SERVICE,
@@ -226,7 +227,8 @@ class SwarmServices:
             )
 
     def _create_service(self, spec: ReplicaSpec, name: str, replicas: int, stop_grace_seconds: float) -> None:
-        labels = {LABEL_MANAGED: "true", LABEL_SERVICE: spec.service, LABEL_ROLE: ROLE_REPLICA}
+        labels = {LABEL_MANAGED: "true", LABEL_SERVICE: spec.service, LABEL_ROLE: ROLE_REPLICA,
+                  LABEL_VERSION: spec.version}
         if spec.port is not None:
             labels[LABEL_PORT] = str(spec.port)
         check = spec.healthcheck
@@ -296,6 +298,62 @@ class SwarmServices:
                 time.sleep(0.05)  # someone else updated it in between: read it again
         raise BackendError("service_update", service, f"swarm service {name!r} kept changing under us")
 
+    def version_of(self, service: str) -> str | None:
+        """The version (ReplicaSpec.version) the service's tasks are made from, from its task
+        template's labels; None for a service the daemon did not create (or from before)."""
+        info = self._swarm.inspect_service(service, self._swarm.name(service))
+        if info is None:
+            return None
+        container = ((info["Spec"].get("TaskTemplate") or {}).get("ContainerSpec") or {})
+        labels = container.get("Labels") or {}
+        version = labels.get(LABEL_VERSION)
+        return str(version) if version is not None else None
+
+    def roll_out(self, spec: ReplicaSpec) -> None:
+        """A new version through Swarm's own rolling update (`docker service update`): the
+        task template's image, command, env, limits, check and version label change; Swarm
+        replaces the tasks one at a time, start-first, and rolls back on failure (the service's
+        UpdateConfig). Raises SwarmBusy while an update runs."""
+        name = self._swarm.name(spec.service)
+        for _ in range(5):
+            info = self._swarm.inspect_service(spec.service, name)
+            if info is None:
+                raise BackendError("service_update", spec.service, f"swarm service {name!r} is gone")
+            state = (info.get("UpdateStatus") or {}).get("State")
+            if state in BUSY_UPDATE_STATES:
+                raise SwarmBusy("service_update", spec.service, f"swarm service {name!r} is {state.replace('_', ' ')}: holding")
+            service_spec = info["Spec"]
+            task = service_spec.setdefault("TaskTemplate", {})
+            container = task.setdefault("ContainerSpec", {})
+            container["Image"] = spec.image
+            if spec.command:
+                container["Args"] = list(spec.command)
+            else:
+                container.pop("Args", None)
+            container["Env"] = [f"{k}={v}" for k, v in spec.env.items()]
+            container["Labels"] = {**(container.get("Labels") or {}), LABEL_VERSION: spec.version}
+            check = spec.healthcheck
+            if check is not None:
+                container["Healthcheck"] = {"Test": list(check.test), "Interval": int(check.interval_seconds * 1e9),
+                                            "Timeout": int(check.timeout_seconds * 1e9), "Retries": check.retries,
+                                            "StartPeriod": int(check.start_period_seconds * 1e9)}
+            else:
+                container.pop("Healthcheck", None)
+            limits = task.setdefault("Resources", {}).setdefault("Limits", {})
+            limits["NanoCPUs"] = int(spec.cpu_limit_cores * 1e9)
+            limits["MemoryBytes"] = spec.memory_limit_bytes
+            try:
+                self._swarm.engine.call("service_update", spec.service, self._update_spec, info["ID"],
+                                        info["Version"]["Index"], service_spec)
+                log.info("swarm service %s: rolling update to version %s started (Swarm's own: start-first, "
+                         "rollback on failure)", name, spec.version, extra={"service": spec.service})
+                return
+            except BackendError as exc:
+                if "out of sequence" not in str(exc) and "version" not in str(exc).lower():
+                    raise
+                time.sleep(0.05)
+        raise BackendError("service_update", spec.service, f"swarm service {name!r} kept changing under us")
+
     def _update_spec(self, service_id: str, version: int, spec: dict[str, Any]) -> None:
         api = self._swarm.engine.change_api
         response = api._post_json(api._url("/services/{0}/update", service_id), data=spec, params={"version": version})
@@ -328,6 +386,7 @@ class SwarmServices:
                 port=None,
                 leaving=desired in ("shutdown", "remove") and state == "running",
                 node=task.get("NodeID"),
+                version=(((task.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels") or {}).get(LABEL_VERSION),
             ))
         return sorted(replicas, key=lambda r: (r.created_at_seconds, r.name))
 

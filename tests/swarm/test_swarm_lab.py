@@ -372,6 +372,38 @@ def test_the_prometheus_source_reads_the_agents_through_a_real_prometheus(lab: L
         prometheus.wait(30)
 
 
+def test_a_new_version_goes_out_through_swarms_own_rolling_update(lab: Lab, swarm_daemons: SwarmDaemons) -> None:
+    service = swarm_daemons.service
+    config = swarm_daemons.config(service_keys='min_replicas = 2\nmax_replicas = 2\nenv = { APP_VERSION = "1" }',
+                                  policy="drain_timeout_seconds = 10")
+    daemon = swarm_daemons.start(config)
+    wait_until(lambda: ready(daemon) == 2, 120, "2 ready tasks")
+    first = {t["ID"] for t in lab.tasks(service)}
+    traffic = Traffic(swarm_daemons.lb_port, host=lab.manager_ip)
+    traffic.start(workers=2, cpu_ms=2, pause_seconds=0.05)
+    try:
+        config.write_text(config.read_text().replace('APP_VERSION = "1"', 'APP_VERSION = "2"'))
+        daemon.process.send_signal(__import__("signal").SIGHUP)
+
+        def updated() -> bool:
+            tasks = lab.tasks(service)
+            envs = [t["Spec"]["ContainerSpec"].get("Env") or [] for t in tasks]
+            return (len(tasks) == 2 and not {t["ID"] for t in tasks} & first
+                    and all("APP_VERSION=2" in env for env in envs) and ready(daemon) == 2)
+
+        wait_until(updated, 180, "Swarm's update to replace both tasks")
+        time.sleep(2)
+    finally:
+        traffic.stop_all()
+    counts = traffic.assert_served(at_least=50)
+    assert "rolling update to version" in daemon.log()
+    # Swarm watches the last task for its monitor period before it calls the update complete.
+    wait_until(lambda: (lab.client.api.inspect_service(f"autoscaler-{service}").get("UpdateStatus") or {})
+               .get("State") == "completed", 60, "Swarm to call its update completed")
+    RESULTS.append(f"swarm rolling update of 2 tasks under load (Swarm's own, start-first): requests {counts}")
+    print("\nswarm: " + RESULTS[-1])
+
+
 def test_a_worker_service_without_a_load_balancer_goes_0_to_3_to_0_on_a_prometheus_query(
     lab: Lab, swarm_daemons: SwarmDaemons, tmp_path  # type: ignore[no-untyped-def]
 ) -> None:

@@ -628,6 +628,8 @@ class FakeOrchestrator:
         self.count = 0
         self.busy: str | None = None
         self.scales: list[int] = []
+        self.version: str | None = None  # of the task template; None: from before versions
+        self.rolled_out: list[str] = []
 
     def prepare(self, spec: ReplicaSpec, initial_replicas: int, stop_grace_seconds: float, adopt: bool) -> bool:
         return False  # adopted: it exists
@@ -652,6 +654,14 @@ class FakeOrchestrator:
         for task in running[replicas:]:  # the newest go
             self.backend.replicas[task.id] = replace(task, leaving=True)
         self.count = replicas
+
+    def version_of(self, service: str) -> str | None:
+        return self.version
+
+    def roll_out(self, spec: ReplicaSpec) -> None:
+        self.calls.add("roll_out", spec.version)
+        self.rolled_out.append(spec.version)
+        self.version = spec.version
 
     def exit_report(self, service: str, replica_id: str) -> ExitReport:
         return self.backend.exit_report(service, replica_id)

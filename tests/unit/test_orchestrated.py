@@ -127,3 +127,28 @@ def test_a_task_being_created_counts_as_starting(world: World) -> None:
     assert observation is not None
     assert {v.replica.name: v.state for v in observation.views} == {A: "ready", B: "starting"}
     assert not world.calls.of(B), "nothing to register before it has an address"
+
+
+def test_a_changed_spec_goes_out_through_the_orchestrators_own_update(world: World) -> None:
+    """A service made from another version is updated once through the orchestrator's own
+    rolling update (Swarm's `service update`), not by the daemon restarting tasks; the same
+    spec is not rolled out again; a reload that changes it is the next update."""
+    swarm(world, [A, B])
+    world.orchestrator.version = "old"
+    controller = world.controller(orchestrated=True, min_replicas=2)
+    controller.run_cycle()
+    assert len(world.orchestrator.rolled_out) == 1
+    first = world.orchestrator.rolled_out[0]
+    controller.run_cycle()
+    assert world.orchestrator.rolled_out == [first], "the same spec is not rolled out again"
+    controller.update_config(controller.config.model_copy(update={"env": {"APP_VERSION": "2"}}))
+    controller.run_cycle()
+    assert len(world.orchestrator.rolled_out) == 2 and world.orchestrator.rolled_out[1] != first
+
+
+def test_a_service_of_the_current_version_is_not_updated(world: World) -> None:
+    swarm(world, [A])
+    controller = world.controller(orchestrated=True, min_replicas=1)
+    world.orchestrator.version = None  # created before versions: left as it is
+    controller.run_cycle()
+    assert world.orchestrator.rolled_out == []
