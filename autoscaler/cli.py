@@ -54,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(simulate)
     simulate.add_argument("--service", required=True, help="service name in the config")
     simulate.add_argument("--trace", required=True, metavar="TRACE.csv",
-                          help="columns time_seconds, cpu_cores [, memory_bytes, requests_per_second]")
+                          help="columns time_seconds, cpu_cores [, memory_bytes, requests_per_second] "
+                               "[, one per external metric, named like it]")
     simulate.add_argument("--out", metavar="TIMELINE.csv", help="write one row per step")
     simulate.add_argument("--plot", metavar="CHART.png", help="draw demand, capacity and replicas (matplotlib)")
     simulate.add_argument("--startup-seconds", type=_non_negative, default=0.0, metavar="S",
@@ -167,7 +168,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     _, service = loaded
     try:
-        snapshot = read_snapshot(args.snapshot, args.service)
+        snapshot = read_snapshot(args.snapshot, args.service, [metric.name for metric in service.policy.metrics])
     except SnapshotError as exc:
         for line in exc.messages:
             _error(line)
@@ -188,7 +189,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         return _error("--plot needs matplotlib: pip install 'autoscaler[plot]'")
     try:
-        trace = read_trace(args.trace)
+        trace = read_trace(args.trace, [metric.name for metric in service.policy.metrics])
     except TraceError as exc:
         return _error(str(exc))
     interval = settings.daemon.interval_seconds
@@ -206,9 +207,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"  note: {note}")
     average = s.replica_seconds / s.simulated_seconds if s.simulated_seconds else 0.0
     print(f"  replica-seconds (cost):   {s.replica_seconds:,.0f}  (mean {average:.2f} replicas)")
-    above = s.seconds_above_target / s.simulated_seconds * 100 if s.simulated_seconds else 0.0
-    print(f"  seconds above target:     {s.seconds_above_target:,.0f}  ({above:.1f} % of the time)")
-    print(f"  peak cpu utilization:     {s.peak_utilization_percent:.1f} %")
+    if trace.cpu_cores is None:
+        print("  seconds above target:     n/a (the trace has no cpu_cores column)")
+    else:
+        above = s.seconds_above_target / s.simulated_seconds * 100 if s.simulated_seconds else 0.0
+        print(f"  seconds above target:     {s.seconds_above_target:,.0f}  ({above:.1f} % of the time)")
+        print(f"  peak cpu utilization:     {s.peak_utilization_percent:.1f} %")
     print(f"  scale events:             {s.scale_events}  ({s.scale_ups} up, {s.scale_downs} down)")
     reasons = ", ".join(f"{k} {v}" for k, v in sorted(s.reasons.items(), key=lambda kv: -kv[1]))
     print(f"  decisions by reason:      {reasons}")

@@ -10,13 +10,15 @@ import json
 import math
 import os
 from collections import Counter
+from collections.abc import Collection
 from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autoscaler.config import MAX_METRIC_VALUE, MAX_REPLICAS, ServiceConfig, format_validation_error
-from autoscaler.model import Decision, History, ReplicaSample, ServiceSnapshot
+from autoscaler.config.values import shown
+from autoscaler.model import Decision, ExternalReading, History, ReplicaSample, ServiceSnapshot
 from autoscaler.policy.evaluate import evaluate
 from autoscaler.policy.schedule import bounds_at
 
@@ -66,6 +68,15 @@ class SnapshotInput(BaseModel):
 
     replicas: list[ReplicaInput] = Field(max_length=MAX_REPLICAS)
     queue_current: Reading | None = None
+    # External metric name -> its value this cycle; null: its source failed.
+    external: dict[str, Reading | None] | None = None
+
+
+# Why an external metric has no value, in the decision's words ("jobs_waiting: <this>").
+NULL_EXTERNAL = "no value (null in the snapshot: its source failed)"
+ABSENT_EXTERNAL = 'no value (not in the snapshot\'s "external" object)'
+# Unknown external names listed in a message, at most.
+_SHOWN_NAMES = 5
 
 
 def _json_kind(value: Any) -> str:
@@ -91,11 +102,15 @@ def _number(convert: type[int] | type[float]) -> Any:
 _parse_int, _parse_float = _number(int), _number(float)
 
 
-def read_snapshot(path: str | os.PathLike[str], service: str) -> ServiceSnapshot:
+def read_snapshot(
+    path: str | os.PathLike[str], service: str, external_names: Collection[str] = ()
+) -> ServiceSnapshot:
     """The snapshot in the file at ``path``; ``SnapshotError`` with one line per problem.
 
     Size, number lengths, nesting and the replica count are bounded before anything is built
     from them, so no file can cost more than a moment or escape as a traceback.
+    external_names: the service's external metrics, in their order; the snapshot's "external"
+    object may give each a value (a number, or null for a source that failed) and no other.
     """
     try:
         with open(path, "rb") as handle:
@@ -125,18 +140,50 @@ def read_snapshot(path: str | os.PathLike[str], service: str) -> ServiceSnapshot
     if isinstance(replicas, list) and len(replicas) > MAX_REPLICAS:
         # Checked before validating them one by one: that is where the time would go.
         raise SnapshotError([f"{path}: replicas: {len(replicas)} replicas; a service has at most {MAX_REPLICAS}"])
+    problems: list[str] = []
+    external = raw.get("external")
+    if isinstance(external, dict):
+        # Checked before validating the values, which are then only the known ones: a typo in a
+        # name is one line, and no file can make the validation long.
+        known = set(external_names)
+        unknown = [name for name in external if name not in known]
+        if unknown:
+            problems.append(f"{path}: external: {_unknown_names(unknown, service, external_names)}")
+            raw = {**raw, "external": {k: v for k, v in external.items() if k in known}}
     try:
         parsed = SnapshotInput.model_validate(raw)
     except ValidationError as exc:
-        raise SnapshotError([f"{path}: {line}" for line in format_validation_error(exc)]) from None
+        raise SnapshotError([f"{path}: {line}" for line in format_validation_error(exc)] + problems) from None
+    if problems:
+        raise SnapshotError(problems)
     duplicates = sorted(name for name, count in Counter(r.name for r in parsed.replicas).items() if count > 1)
     if duplicates:
         raise SnapshotError([f"{path}: replicas: duplicate name(s) {', '.join(duplicates)}"])
+    values = parsed.external or {}
     return ServiceSnapshot(
         service,
         tuple(ReplicaSample(**r.model_dump()) for r in parsed.replicas),
         parsed.queue_current,
+        external=tuple(_reading(name, values) for name in external_names),
     )
+
+
+def _reading(name: str, values: dict[str, float | None]) -> ExternalReading:
+    value = values.get(name)
+    if value is not None:
+        return ExternalReading(name, value)
+    return ExternalReading(name, None, NULL_EXTERNAL if name in values else ABSENT_EXTERNAL)
+
+
+def _unknown_names(unknown: list[str], service: str, external_names: Collection[str]) -> str:
+    listed = ", ".join(shown(name) for name in unknown[:_SHOWN_NAMES])
+    if len(unknown) > _SHOWN_NAMES:
+        listed += f" and {len(unknown) - _SHOWN_NAMES} more"
+    known = (
+        f"the service's external metrics are {', '.join(external_names)}" if external_names
+        else f"service {service} has no external metrics ([[services.{service}.policy.metrics]])"
+    )
+    return f"unknown metric(s) {listed} ({known})"
 
 
 def decide(service_name: str, service: ServiceConfig, snapshot: ServiceSnapshot, at: datetime) -> tuple[Decision, dict[str, Any]]:
@@ -161,6 +208,10 @@ def decide(service_name: str, service: ServiceConfig, snapshot: ServiceSnapshot,
             for p in decision.proposals
         ],
     }
+    if snapshot.external:
+        # What the external metrics read (null: no value), also where no proposal shows it: at
+        # 0 replicas only their activation values decide.
+        document["external"] = {r.name: r.value for r in snapshot.external}
     return decision, document
 
 
@@ -181,4 +232,7 @@ def render_text(document: dict[str, Any]) -> str:
         )
     if not d["metrics"]:
         lines.append("    (no metric could be evaluated)")
+    if "external" in d:
+        values = ", ".join(f"{name} {'null' if value is None else f'{value:.4g}'}" for name, value in d["external"].items())
+        lines.append(f"  external: {values}")
     return "\n".join(lines)

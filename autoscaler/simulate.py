@@ -4,6 +4,11 @@ The model: demand is spread evenly over the ready replicas; a new replica become
 `startup_seconds` after the decision that created it; utilization = demand / (ready replicas ×
 cpu_limit). A removed replica is gone at once (draining is not modelled). Each step is one daemon
 cycle of `interval_seconds`; the demand of a step is the mean of the trace samples inside it.
+
+External metrics (a queue's length) come from columns named like the metrics, their value at
+each time: a step reads the mean of its samples, as the daemon reads the source once a cycle.
+A service whose bounds allow 0 replicas goes to 0 and back on them, as the daemon does; at 0
+nothing runs, so there is no CPU reading.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import os
 import stat
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice, repeat
@@ -25,13 +30,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
-from autoscaler.config import MAX_WINDOW_SECONDS, PolicyConfig, ServiceConfig
-from autoscaler.model import History, ReplicaSample, ServiceSnapshot
+from autoscaler.config import MAX_METRIC_VALUE, MAX_WINDOW_SECONDS, PolicyConfig, ServiceConfig
+from autoscaler.model import ExternalReading, History, ReplicaSample, ServiceSnapshot
 from autoscaler.policy.evaluate import evaluate, plan_of, record_scale
 from autoscaler.policy.schedule import ScheduledBounds
 
+# cpu_cores may be left out when the trace has a column of one of the service's external metrics.
 REQUIRED_COLUMNS = ("time_seconds", "cpu_cores")
 OPTIONAL_COLUMNS = ("memory_bytes", "requests_per_second")
+BUILTIN_COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
 # A Monday, so that weekday schedules line up with a trace that starts at time 0.
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=timezone.utc)
 
@@ -52,6 +59,8 @@ MAX_TRACE_VALUES = {
     "memory_bytes": 1e18,
     "requests_per_second": 1e12,
 }
+# An external metric's column: what the daemon accepts from a source (and decide from a snapshot).
+MAX_EXTERNAL_VALUE = MAX_METRIC_VALUE
 # Python's datetime spans years 1 to 9999; a day inside, for time zones.
 _FIRST_WALL_SECONDS = datetime(1, 1, 2, tzinfo=timezone.utc).timestamp()
 _LAST_WALL_SECONDS = datetime(9999, 12, 30, tzinfo=timezone.utc).timestamp()
@@ -64,18 +73,49 @@ class TraceError(ValueError):
 @dataclass
 class Trace:
     times: list[float]
-    cpu_cores: list[float]
+    cpu_cores: list[float] | None  # None only in a trace with an external metric's column
     memory_bytes: list[float] | None = None
     requests_per_second: list[float] | None = None
+    # External metric name -> its value at each time (a column named like the metric).
+    external: dict[str, list[float]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.times)
 
 
-def read_trace(path: str | os.PathLike[str]) -> Trace:
-    """Reads and checks a trace file; raises TraceError naming the file, line and column."""
+def read_trace(path: str | os.PathLike[str], external_names: Collection[str] = ()) -> Trace:
+    """Reads and checks a trace file; raises TraceError naming the file, line and column.
+
+    external_names: the service's external metrics, each of which may have a column of its own
+    (with one, cpu_cores may be left out)."""
     _check_trace_file(path)
-    return _read_plain_trace(path) or _read_trace_by_row(path)
+    clash = sorted(set(external_names) & set(BUILTIN_COLUMNS))
+    if clash:
+        raise TraceError(
+            f"{path}: the external metric(s) {', '.join(clash)} have the name of a trace column of their own: "
+            "rename the metric to replay it"
+        )
+    names = frozenset(external_names)
+    return _read_plain_trace(path, names) or _read_trace_by_row(path, names)
+
+
+def _required_columns(header: Collection[str], external_names: frozenset[str]) -> tuple[str, ...]:
+    """time_seconds, and cpu_cores unless the trace has an external metric's column instead."""
+    return ("time_seconds",) if not external_names.isdisjoint(header) else REQUIRED_COLUMNS
+
+
+def _limit(name: str) -> float:
+    return MAX_TRACE_VALUES.get(name, MAX_EXTERNAL_VALUE)
+
+
+def _trace(columns: dict[str, list[float]], external_names: frozenset[str]) -> Trace:
+    return Trace(
+        times=columns["time_seconds"],
+        cpu_cores=columns.get("cpu_cores"),
+        memory_bytes=columns.get("memory_bytes"),
+        requests_per_second=columns.get("requests_per_second"),
+        external={name: values for name, values in columns.items() if name in external_names},
+    )
 
 
 def _check_trace_file(path: str | os.PathLike[str]) -> None:
@@ -94,7 +134,7 @@ def _check_trace_file(path: str | os.PathLike[str]) -> None:
         )
 
 
-def _read_plain_trace(path: str | os.PathLike[str]) -> Trace | None:
+def _read_plain_trace(path: str | os.PathLike[str], external_names: frozenset[str]) -> Trace | None:
     """The common case at C speed: a plain numeric CSV (no quotes, blank lines or odd values),
     600,000 rows in a fraction of a second. None when the file is anything else; the row by row
     reader then says exactly what is wrong, or reads what is unusual but valid."""
@@ -107,8 +147,10 @@ def _read_plain_trace(path: str | os.PathLike[str]) -> Trace | None:
     if len(lines) < 2 or '"' in text:
         return None
     header = [h.strip() for h in lines[0].split(",")]
-    known = REQUIRED_COLUMNS + OPTIONAL_COLUMNS
-    if len(set(header)) != len(header) or not set(REQUIRED_COLUMNS) <= set(header) <= set(known):
+    if (
+        len(set(header)) != len(header)
+        or not set(_required_columns(header, external_names)) <= set(header) <= set(BUILTIN_COLUMNS) | external_names
+    ):
         return None
     body = lines[1:]
     # Every row has the header's width, and there is no blank row.
@@ -131,18 +173,13 @@ def _read_plain_trace(path: str | os.PathLike[str]) -> Trace | None:
         return None
     # Times increase, so the last is the largest.
     if times[-1] > MAX_TRACE_VALUES["time_seconds"] or any(
-        max(values) > MAX_TRACE_VALUES[name] for name, values in columns.items() if name != "time_seconds"
+        max(values) > _limit(name) for name, values in columns.items() if name != "time_seconds"
     ):
         return None
-    return Trace(
-        times=times,
-        cpu_cores=columns["cpu_cores"],
-        memory_bytes=columns.get("memory_bytes"),
-        requests_per_second=columns.get("requests_per_second"),
-    )
+    return _trace(columns, external_names)
 
 
-def _read_trace_by_row(path: str | os.PathLike[str]) -> Trace:
+def _read_trace_by_row(path: str | os.PathLike[str], external_names: frozenset[str]) -> Trace:
     try:
         # utf-8-sig: spreadsheets save CSV with a byte-order mark, which would hide the first column.
         handle = open(path, newline="", encoding="utf-8-sig")
@@ -162,20 +199,29 @@ def _read_trace_by_row(path: str | os.PathLike[str]) -> Trace:
         if repeated:
             # Only one of the copies would be read; which one the author meant is unknowable.
             raise TraceError(f"{path}: line 1: duplicate column(s) {', '.join(repeated)}")
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise TraceError(
-                f"{path}: line 1: missing column(s) {', '.join(missing)} "
-                f"(have {', '.join(header) or 'none'}; need {', '.join(REQUIRED_COLUMNS)})"
-            )
-        unknown = [c for c in header if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
+        externals = sorted(external_names)
+        # A column we do not know is most often the one reported missing, misspelled: named first.
+        unknown = [c for c in header if c not in BUILTIN_COLUMNS and c not in external_names]
         if unknown:
+            external_help = (
+                f"and the service's external metrics: {', '.join(externals)}" if externals
+                else "and the service has no external metrics"
+            )
             raise TraceError(
                 f"{path}: line 1: unknown column(s) {', '.join(unknown)} "
-                f"(known: {', '.join(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)})"
+                f"(known: {', '.join(BUILTIN_COLUMNS)}; {external_help})"
+            )
+        missing = [c for c in _required_columns(header, external_names) if c not in header]
+        if missing:
+            need = ", ".join(REQUIRED_COLUMNS)
+            if externals:
+                need = f"time_seconds, and cpu_cores or an external metric's column: {', '.join(externals)}"
+            raise TraceError(
+                f"{path}: line 1: missing column(s) {', '.join(missing)} "
+                f"(have {', '.join(header) or 'none'}; need {need})"
             )
         index = {name: header.index(name) for name in header}
-        limits = {name: MAX_TRACE_VALUES[name] for name in header}
+        limits = {name: _limit(name) for name in header}
         columns: dict[str, list[float]] = {name: [] for name in header}
         previous_time = -math.inf
         line = 1
@@ -210,12 +256,7 @@ def _read_trace_by_row(path: str | os.PathLike[str]) -> Trace:
             raise TraceError(f"{path}: line {_undecodable_line(path)}: not UTF-8 text ({exc.reason})") from None
     if not columns["time_seconds"]:
         raise TraceError(f"{path}: line {line + 1}: no samples after the header")
-    return Trace(
-        times=columns["time_seconds"],
-        cpu_cores=columns["cpu_cores"],
-        memory_bytes=columns.get("memory_bytes"),
-        requests_per_second=columns.get("requests_per_second"),
-    )
+    return _trace(columns, external_names)
 
 
 def _undecodable_line(path: str | os.PathLike[str]) -> int:
@@ -298,6 +339,8 @@ class Result:
     rows: list[tuple[float, float, int, int, float, str]]
     summary: Summary
     notes: list[str] = field(default_factory=list)
+    # External metric name -> the value the policy read at each step (the timeline's last columns).
+    external: dict[str, list[float]] = field(default_factory=dict)
 
 
 STARTING = ReplicaSample("starting", False, 0.0)
@@ -340,7 +383,8 @@ def _replay(
 
     steps = replay_steps(trace, interval_seconds, start)
 
-    # Oldest first; the min_replicas replicas were running before the trace began.
+    # Oldest first; the min_replicas replicas were running before the trace began (none for a
+    # service that scales to zero).
     replicas = [_Replica(-math.inf, -math.inf)] * service.min_replicas
     history = History()
     # Plain locals, not Summary attributes, in the loop: this runs once per simulated step.
@@ -349,7 +393,16 @@ def _replay(
     rows: list[tuple[float, float, int, int, float, str]] = []
     first = trace.times[0]
     ends = [first + step * interval_seconds for step in range(steps)]
-    cpu_demand = step_means(trace.times, trace.cpu_cores, ends, interval_seconds)
+    has_cpu = trace.cpu_cores is not None
+    # Without a cpu_cores column there is no demand to show and no CPU reading (its target was
+    # dropped): NaN keeps the loop's arithmetic as it is, and the timeline leaves the field empty.
+    cpu_demand = (
+        step_means(trace.times, trace.cpu_cores, ends, interval_seconds) if trace.cpu_cores is not None
+        else [math.nan] * steps
+    )
+    # What the policy reads of each external metric at each step, in the policy's order.
+    external = {m.name: step_means(trace.times, trace.external[m.name], ends, interval_seconds) for m in policy.metrics}
+    external_means = list(external.items())
     memory_demand = step_means(trace.times, trace.memory_bytes, ends, interval_seconds) if trace.memory_bytes else None
     rps_demand = (
         step_means(trace.times, trace.requests_per_second, ends, interval_seconds) if trace.requests_per_second else None
@@ -372,17 +425,21 @@ def _replay(
         else:
             cpu = math.nan
             mem = rps = None
+        reading = cpu if has_cpu else None
         # The policy counts replicas by state and reading and never looks at their names, so
         # replicas alike share one sample: three kinds at most, whatever the count.
-        samples = (ReplicaSample("ready", True, math.inf, cpu, mem, rps),) * n_settled
+        samples = (ReplicaSample("ready", True, math.inf, reading, mem, rps),) * n_settled
         if n_settled < n_ready:
-            samples += (ReplicaSample("initializing", True, 0.0, cpu, mem, rps),) * (n_ready - n_settled)
+            samples += (ReplicaSample("initializing", True, 0.0, reading, mem, rps),) * (n_ready - n_settled)
         if n_ready < len(replicas):
             samples += (STARTING,) * (len(replicas) - n_ready)
         bounds = schedule.at_timestamp(start_seconds + now)
-        decision, history = evaluate(
-            ServiceSnapshot(service_name, samples), plan, bounds, history, now, explain=False
-        )
+        if external_means:
+            readings = tuple([ExternalReading(name, means[step]) for name, means in external_means])
+            snapshot = ServiceSnapshot(service_name, samples, None, None, readings)
+        else:
+            snapshot = ServiceSnapshot(service_name, samples)
+        decision, history = evaluate(snapshot, plan, bounds, history, now, explain=False)
         current, desired = decision.current, decision.desired
         if desired > current:
             replicas.extend([_Replica(now, now + startup_seconds)] * (desired - current))
@@ -412,7 +469,7 @@ def _replay(
         scale_downs=scale_downs,
         reasons=dict(Counter(row[5] for row in rows)),
     )
-    return Result(rows, summary, notes)
+    return Result(rows, summary, notes, external)
 
 
 @contextmanager
@@ -459,14 +516,30 @@ def replay_steps(trace: Trace, interval_seconds: float, start: datetime = DEFAUL
 
 
 def policy_for_trace(service: ServiceConfig, trace: Trace) -> tuple[PolicyConfig, list[str]]:
-    """The service's policy without the targets the trace has no data for.
+    """The service's policy without the targets and external metrics the trace has no data for.
 
     A target with no data would be a metric that is always missing, and missing metrics forbid
-    every scale-down: the replay would only ever grow.
+    every scale-down: the replay would only ever grow. TraceError when that leaves a service
+    that may go to 0 replicas with no external metric to wake it up.
     """
     policy = service.policy
-    drop: dict[str, None] = {}
+    drop: dict[str, object] = {}
     notes = []
+    if policy.target_cpu_percent is not None and trace.cpu_cores is None:
+        drop["target_cpu_percent"] = None
+        notes.append("target_cpu_percent ignored: the trace has no cpu_cores column")
+    kept = [m for m in policy.metrics if m.name in trace.external]
+    if len(kept) < len(policy.metrics):
+        drop["metrics"] = kept
+        notes.extend(
+            f"external metric {m.name} ignored: the trace has no {m.name} column" for m in policy.metrics if m not in kept
+        )
+        if not kept and (service.min_replicas == 0 or any(w.min_replicas == 0 for w in service.schedule)):
+            names = ", ".join(m.name for m in policy.metrics)
+            raise TraceError(
+                f"the service scales to 0 replicas and back on its external metrics ({names}), and the trace has no "
+                "column of any of them: add one, named like the metric, with its value at each time"
+            )
     if policy.target_memory_percent is not None and trace.memory_bytes is None:
         drop["target_memory_percent"] = None
         notes.append("target_memory_percent ignored: the trace has no memory_bytes column")
@@ -489,11 +562,15 @@ _ROW_FORMAT_NO_CPU = "%.15g,%.6g,%d,%d,,%s\r\n"
 
 def write_timeline(result: Result, path: str | os.PathLike[str]) -> None:
     """The rows as csv.writer writes them (its "excel" dialect), one %-format a row: numbers
-    never need quoting, and each distinct reason is quoted once by csv itself."""
+    never need quoting, and each distinct reason is quoted once by csv itself. A replay with
+    external metrics has a column more for each, named like the metric."""
     rows = result.rows
     fields = {reason: _csv_field(reason) for reason in set(map(operator.itemgetter(5), rows))}
     with open(path, "w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle).writerow(TIMELINE_HEADER)
+        csv.writer(handle).writerow(TIMELINE_HEADER + tuple(result.external))
+        if result.external:
+            handle.writelines(_rows_with_external(rows, fields, list(result.external.values())))
+            return
         for start in range(0, len(rows), _TIMELINE_CHUNK_ROWS):
             handle.write(
                 "".join(
@@ -509,6 +586,24 @@ def write_timeline(result: Result, path: str | os.PathLike[str]) -> None:
             )
 
 
+def _number(value: float, form: str) -> str:
+    return form % value if value == value else ""  # NaN (no figure): an empty field
+
+
+def _rows_with_external(
+    rows: list[tuple[float, float, int, int, float, str]], fields: dict[str, str], columns: list[list[float]]
+) -> Iterator[str]:
+    """Timeline lines with the external metrics' values after the reason. Slower than the
+    one-format rows, and only for replays with external metrics; the demand is empty where the
+    trace had no cpu_cores column."""
+    for index, (time_s, demand, ready, desired, cpu, reason) in enumerate(rows):
+        values = "".join(["," + _number(means[index], "%.10g") for means in columns])
+        yield (
+            f"{time_s:.15g},{_number(demand, '%.6g')},{ready:d},{desired:d},{_number(cpu, '%.4g')},{fields[reason]}"
+            f"{values}\r\n"
+        )
+
+
 def _csv_field(text: str) -> str:
     """`text` as csv.writer writes it inside a row (quoted only if it must be)."""
     buffer = io.StringIO()
@@ -518,7 +613,7 @@ def _csv_field(text: str) -> str:
 
 
 def plot(result: Result, service: ServiceConfig, path: str | os.PathLike[str], title: str) -> None:
-    """Demand, capacity (ready × cpu_limit) and replicas over time, as a PNG."""
+    """Demand, capacity (ready × cpu_limit), the external metrics and replicas over time, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display: render straight to a file
@@ -537,6 +632,13 @@ def plot(result: Result, service: ServiceConfig, path: str | os.PathLike[str], t
     top.set_ylabel("CPU cores")
     top.legend(loc="upper right")
     top.set_title(title)
+    if result.external:
+        # External metrics have units of their own (jobs, seconds): an axis of their own.
+        right = top.twinx()
+        for name, values in result.external.items():
+            right.plot(hours, values, label=name, linestyle="--", linewidth=0.8)
+        right.set_ylabel("external metrics")
+        right.legend(loc="upper left")
     bottom.step(hours, replicas, where="post", color="tab:green", linewidth=0.8)
     bottom.set_ylabel("ready replicas")
     bottom.set_xlabel("hours")

@@ -195,7 +195,7 @@ class RedisQueue(ConfigModel):
             problems.append(((), "set list (its length) or stream with consumer_group (its pending entries), not both"))
         if self.stream is not None and self.consumer_group is None:
             problems.append((("consumer_group",), "a stream's pending entries are counted for one consumer group: name it"))
-        if self.list is not None and self.consumer_group is not None:
+        if self.list is not None and self.stream is None and self.consumer_group is not None:
             problems.append((("consumer_group",), "only used with stream"))
         if self.username is not None and self.password_file is None:
             problems.append((("password_file",), "username needs password_file"))

@@ -185,6 +185,7 @@ class FakeBackend:
         self.engine_down = False  # every call raises, as with dockerd stopped
         self.create_errors: list[str] = []  # each start raises the next one
         self.exit_on_start: ExitReport | None = None  # new replicas exit right after starting
+        self.health_on_start: str | None = None  # Docker's health status of new replicas (None: no check)
         self.lb_state: str | None = "running"  # the load-balancer container (None: missing)
         self.lb_create_error: str | None = None
         self.exits: dict[str, ExitReport] = {}
@@ -201,7 +202,7 @@ class FakeBackend:
         if self.engine_down:
             raise BackendError(operation, SERVICE, "Connection aborted: connection refused")
 
-    def _new(self, name: str | None, state: str, created_at: float) -> Replica:
+    def _new(self, name: str | None, state: str, created_at: float, health: str | None = None) -> Replica:
         with self._lock:
             self._seq += 1
             seq = self._seq
@@ -213,13 +214,14 @@ class FakeBackend:
             ip=f"10.0.0.{seq}",
             created_at_seconds=created_at,
             port=PORT,
+            health=health,
         )
         self.replicas[replica.id] = replica
         return replica
 
-    def add(self, name: str, *, state: str = "running", age_seconds: float = OLD) -> Replica:
+    def add(self, name: str, *, state: str = "running", age_seconds: float = OLD, health: str | None = None) -> Replica:
         """A replica that exists before the controller starts (to be adopted)."""
-        return self._new(name, state, self.clock.wall - age_seconds)
+        return self._new(name, state, self.clock.wall - age_seconds, health)
 
     def by_name(self, name: str) -> Replica:
         return next(r for r in self.replicas.values() if r.name == name)
@@ -229,6 +231,11 @@ class FakeBackend:
         self.replicas[replica.id] = replace(replica, state=state)
         if report is not None:
             self.exits[replica.id] = report
+
+    def set_health(self, name: str, health: str | None) -> None:
+        """Docker's health status of a replica changes (its HEALTHCHECK passed or failed)."""
+        replica = self.by_name(name)
+        self.replicas[replica.id] = replace(replica, health=health)
 
     def kill(self, name: str, exit_code: int = 137) -> None:
         self.set_state(name, "exited", ExitReport(exit_code, False, "", ()))
@@ -312,7 +319,7 @@ class FakeBackend:
         if self.create_errors:
             self.calls.add("start_failed", name or "")
             raise BackendError("container_create", SERVICE, self.create_errors.pop(0))
-        replica = self._new(name, "running", self.clock.wall)
+        replica = self._new(name, "running", self.clock.wall, self.health_on_start)
         self.calls.add("start_replica", replica.name)
         if self.exit_on_start is not None:
             self.set_state(replica.name, "exited", self.exit_on_start)
