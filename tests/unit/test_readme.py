@@ -70,13 +70,18 @@ def with_secret_files(block: str, tmp_path: Path) -> str:
     secret = tmp_path / "secret"
     secret.write_text("s3cret\n")
     secret.chmod(0o600)
+    env = tmp_path / "app.env"
+    env.write_text("GREETING=hello\n")
+    block = re.sub(r'env_file = \["[^"]+"\]', f'env_file = ["{env}"]', block)
     return re.sub(r'(bearer_token_file|password_file) = "[^"]+"', rf'\1 = "{secret}"', block)
 
 
 @pytest.mark.parametrize("block", BLOCKS, ids=[f"block-{i}" for i in range(len(BLOCKS))])
 def test_each_policy_example_loads(block: str, tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
-    path.write_text(merged(BASE, with_secret_files(block, tmp_path)))
+    # An example made from a template names no image: the base's goes.
+    base = BASE.replace('image = "autoscaler-demo-app:latest"\n', "") if "\ntemplate = " in block else BASE
+    path.write_text(merged(base, with_secret_files(block, tmp_path)))
     settings = load_config(path, environ={})
     assert "web" in settings.services
 
