@@ -100,6 +100,7 @@ class ServiceController:
         lease: LeaseHolder | None = None,
         operations: Operations | None = None,
         external: SourceFactory | None = None,
+        request_pass: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.network = network
@@ -120,6 +121,8 @@ class ServiceController:
         self._pass_started_at: float | None = None  # clock, while a pass runs
         self._sampler = Sampler(name)
         self.external = ExternalMetrics(self.ctx, telemetry, external or _no_external_sources)
+        # Asks for the next pass now instead of at the next interval (a rollout's next step).
+        self._request_pass = request_pass
         self._set_up = False
         self._template_read_at = -float("inf")
         self.last_decision: Decision | None = None
@@ -383,11 +386,19 @@ class ServiceController:
             started = self.target.collect(config, now)
             for replica, tracked in started:
                 self.gate.started(config, replica, tracked, now)
+            ready_before = sum(1 for t in self.state.tracked.values() if t.ready_since is not None)
             drained_names = self.gate.progress(config, now, self.target.watch(now))
             for name in drained_names:
                 drained = self.state.tracked.get(name)
                 if drained is not None:
                     self.target.drained(config, name, drained)
+            rollout = self.state.rollout
+            if (rollout is not None and rollout.in_progress and self._request_pass is not None
+                    and sum(1 for t in self.state.tracked.values() if t.ready_since is not None) > ready_before):
+                # A new replica is ready in the middle of a rolling update: an old one may drain
+                # and the next start, now rather than at the next interval (as a Deployment
+                # controller reacts to a pod becoming ready).
+                self._request_pass()
             if moving or started or drained_names:
                 self._record_state(now)  # every 0.1 s: only when a replica moved, as the pass does the rest
         except LeaseLost:

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.events import (
     EVENT_JOB_ERROR,
     EVENT_JOB_EXECUTED,
@@ -316,7 +317,17 @@ class Daemon:
             gate=wiring.load_balancer(host, lb_factory) if service.load_balancer is not None else None,
             metrics=metrics, networks=networks, telemetry=telemetry,
             dry_run=self.dry_run, lease=lease, operations=operations, external=wiring.external_source,
+            request_pass=lambda: self._pass_now(name),
         )
+
+    def _pass_now(self, name: str) -> None:
+        """The service's next pass now (its interval then counts from there)."""
+        scheduler = self.scheduler
+        if scheduler is not None and scheduler.running:
+            try:
+                scheduler.modify_job(name, next_run_time=_now())
+            except JobLookupError:
+                pass  # shutting down: the job is gone
 
     def _wake_progress(self, name: str) -> None:
         loop = self.progress_loops.get(name)
