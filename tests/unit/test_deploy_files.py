@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import configparser
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +101,64 @@ def test_the_swarm_scrape_config_passes_promtool(tmp_path: Path) -> None:
     result = subprocess.run([tool("promtool"), "check", "config", str(tmp_path / "prometheus.yml")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- deploy/systemd/autoscaler.service ----------------------------------------------------------
+
+UNIT = DEPLOY / "systemd" / "autoscaler.service"
+
+
+def read_unit(path: Path = UNIT) -> configparser.ConfigParser:
+    # strict: a key given twice would be a list to systemd but silently one value here.
+    unit = configparser.ConfigParser(interpolation=None, strict=True)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are case-sensitive
+    unit.read_string(path.read_text())
+    return unit
+
+
+def test_the_systemd_unit_runs_reloads_and_restarts_the_daemon() -> None:
+    from autoscaler.config.daemon import DaemonConfig
+
+    service = read_unit()["Service"]
+    argv = shlex.split(service["ExecStart"])
+    assert Path(argv[0]).name == "autoscaler" and argv[1] == "run", argv
+    assert argv[2] == "--config" and argv[3].startswith("/"), argv
+    # systemctl reload sends SIGHUP, which re-reads the config.
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["Restart"] == "on-failure" and float(service["RestartSec"]) > 0
+    assert "2" in service["RestartPreventExitStatus"].split(), "a bad config is not retried"
+    # SIGTERM gives the operations in progress shutdown_timeout_seconds; systemd must wait longer.
+    assert service["KillSignal"] == "SIGTERM"
+    assert float(service["TimeoutStopSec"]) > DaemonConfig().shutdown_timeout_seconds
+
+
+def test_the_systemd_unit_reaches_the_engine_as_a_dedicated_user_with_its_admin_socket_dir() -> None:
+    unit = read_unit()
+    assert "docker.service" in unit["Unit"]["After"].split()
+    assert "docker.service" in (unit["Unit"].get("Wants", "") + " " + unit["Unit"].get("Requires", "")).split()
+    service = unit["Service"]
+    assert service["User"] not in ("", "root", "0")
+    assert "docker" in service["SupplementaryGroups"].split(), "the Docker socket's group"
+    # The load balancers bind-mount the admin socket dir: it must survive a restart of the daemon.
+    assert service["RuntimeDirectory"] == "autoscaler" and service["RuntimeDirectoryPreserve"] == "yes"
+    environment = dict(item.split("=", 1) for item in shlex.split(service["Environment"]))
+    assert environment["AUTOSCALER_DAEMON__ADMIN_SOCKET_DIR"] == "/run/autoscaler"
+    # The daemon finds replicas' cgroups through /proc/<pid>/cgroup of processes not its own.
+    assert service.get("ProtectProc", "default") in ("default", "noaccess", "ptraceable")
+    assert "AF_UNIX" in service["RestrictAddressFamilies"].split()
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    # verify insists that ExecStart exists: point it at this venv's console script.
+    script = Path(sys.executable).with_name("autoscaler")
+    if not script.exists():
+        pytest.skip(f"{script} is missing (the project is not installed in this venv)")
+    argv = shlex.split(read_unit()["Service"]["ExecStart"])
+    copy = tmp_path / "autoscaler.service"
+    copy.write_text(UNIT.read_text().replace(f"ExecStart={argv[0]} ", f"ExecStart={script} "))
+    result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
