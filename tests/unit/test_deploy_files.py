@@ -162,3 +162,25 @@ def test_the_systemd_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     copy.write_text(UNIT.read_text().replace(f"ExecStart={argv[0]} ", f"ExecStart={script} "))
     result = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+
+
+# --- deploy/autoscaler/Dockerfile -------------------------------------------------------------
+
+
+def test_the_daemon_image_builds_with_the_legacy_builder_from_what_dockerignore_lets_in() -> None:
+    dockerfile = (DEPLOY / "autoscaler" / "Dockerfile").read_text()
+    lines = [line.strip() for line in dockerfile.replace("\\\n", " ").splitlines()]
+    instructions = [line for line in lines if line and not line.startswith("#")]
+    # No BuildKit: no RUN --mount, no heredocs, no syntax directive.
+    assert not any("--mount" in line or "<<" in line for line in instructions)
+    assert "# syntax" not in dockerfile
+    # The packages are installed in a build stage; the last stage only copies its venv.
+    stages = [line.split() for line in instructions if line.startswith("FROM ")]
+    assert [s[1] for s in stages] == ["debian:bookworm-slim", "python", "venv", "python"], stages
+    assert "COPY --from=build /opt/autoscaler /opt/autoscaler" in instructions
+    # Every file copied from the context (the repository's root) is let in by .dockerignore.
+    allowed = {line[1:] for line in (DEPLOY.parent / ".dockerignore").read_text().splitlines() if line.startswith("!")}
+    sources = [part for line in instructions if line.startswith("COPY ") and "--from=" not in line
+               for part in line.split()[1:-1]]
+    assert sources and set(sources) <= allowed, (sources, allowed)
+    assert all((DEPLOY.parent / source).exists() for source in sources)
