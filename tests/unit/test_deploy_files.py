@@ -184,3 +184,43 @@ def test_the_daemon_image_builds_with_the_legacy_builder_from_what_dockerignore_
                for part in line.split()[1:-1]]
     assert sources and set(sources) <= allowed, (sources, allowed)
     assert all((DEPLOY.parent / source).exists() for source in sources)
+
+
+# --- deploy/compose/docker-compose.autoscaler.yml: the daemon alone, next to a user's project ---
+
+PRODUCTION_COMPOSE = DEPLOY / "compose" / "docker-compose.autoscaler.yml"
+
+
+def compose_config(path: Path, *options: str, **environ: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "DOCKER_GID" and not k.startswith("AUTOSCALER_")}
+    return subprocess.run([tool("docker-compose"), "-f", str(path), "config", *options],
+                          capture_output=True, text=True, env={**env, **environ})
+
+
+def test_the_production_compose_file_runs_only_the_daemon_with_what_it_needs(tmp_path: Path) -> None:
+    from autoscaler.config.daemon import DaemonConfig
+
+    environ = {"DOCKER_GID": "999", "AUTOSCALER_CONFIG_DIR": str(tmp_path)}
+    assert compose_config(PRODUCTION_COMPOSE, "--services", **environ).stdout.split() == ["autoscaler"]
+    result = compose_config(PRODUCTION_COMPOSE, **environ)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    assert re.findall(r"^\s+image:\s*(\S+)", text, re.MULTILINE) == ["autoscaler:latest"]
+    assert "/var/run/docker.sock:/var/run/docker.sock:rw" in text
+    assert f"{tmp_path}:/etc/autoscaler:ro" in text
+    assert "admin:/run/autoscaler:rw" in text and "name: autoscaler-admin" in text
+    assert "/sys/fs/cgroup:/sys/fs/cgroup:ro" in text
+    assert "group_add:\n    - '999'" in text
+    assert "restart: unless-stopped" in text
+    assert "AUTOSCALER_DAEMON__LOAD_BALANCER_ACCESS: network" in text
+    # The metrics port only on the host's loopback; the daemon's shutdown fits in the grace period.
+    assert re.findall(r"^\s+- (\S+:\d+:\d+)(?:/tcp)?$", text, re.MULTILINE) == ["127.0.0.1:9464:9464"]
+    grace = re.search(r"stop_grace_period: (\d+)s", text)
+    assert grace and int(grace.group(1)) > DaemonConfig().shutdown_timeout_seconds
+
+
+def test_the_production_compose_file_refuses_to_start_without_the_socket_group_or_the_config(tmp_path: Path) -> None:
+    missing_gid = compose_config(PRODUCTION_COMPOSE, AUTOSCALER_CONFIG_DIR=str(tmp_path))
+    assert missing_gid.returncode != 0 and "DOCKER_GID" in missing_gid.stderr
+    missing_config = compose_config(PRODUCTION_COMPOSE, DOCKER_GID="999")
+    assert missing_config.returncode != 0 and "AUTOSCALER_CONFIG_DIR" in missing_config.stderr
