@@ -5,6 +5,7 @@
 #   autoscaler-demo-app:latest  (stdlib Python HTTP server that burns CPU on request, and a
 #                               Redis queue worker: python3 /app/worker.py)
 #   autoscaler-redis:latest     (Debian's Redis: the worker demo's queue, the Redis source's tests)
+#   autoscaler:latest           (the daemon: deploy/autoscaler/Dockerfile, from the repository's root)
 # Idempotent: an image is rebuilt only when the hash of its build context changed.
 # With arguments, only the images named (without ":latest"), e.g. the demo's:
 #   build-images.sh autoscaler-haproxy autoscaler-demo-app autoscaler-redis
@@ -110,15 +111,19 @@ build() {
     log "built $tag ($hash)"
 }
 
-# The daemon's image: its context gets the project's wheels (built here, where PyPI is
-# reachable) and the load generator; both are generated, not committed.
+# The daemon's image, built from the repository's root (deploy/autoscaler/Dockerfile): the
+# image's own Python resolves and installs the project and its dependencies. They come from
+# deploy/autoscaler/wheelhouse/, filled here by the host's pip for the image's Python and platform
+# (fetch-wheels.py), so the build's containers need no package index: none may be reachable from
+# them (or only through a TLS-inspecting proxy that the host alone trusts).
 build_daemon() {
-    local repo context hash current python
+    local repo wheelhouse hash current python venv_stage
     kept autoscaler:latest && return
     repo=$(cd "$here/.." && pwd)
-    context="$here/autoscaler"
-    hash=$( (cd "$repo" && find pyproject.toml autoscaler deploy/loadgen.py deploy/autoscaler/Dockerfile \
-        -name '*.pyc' -prune -o -type f -print0 | sort -z | xargs -0 sha256sum) | sha256sum | cut -c1-16)
+    wheelhouse="$here/autoscaler/wheelhouse"
+    hash=$( (cd "$repo" && find .dockerignore pyproject.toml autoscaler deploy/loadgen.py deploy/autoscaler \
+        -name '*.pyc' -prune -o -name '*.whl' -prune -o -type f -print0 | sort -z | xargs -0 sha256sum) \
+        | sha256sum | cut -c1-16)
     current=$(docker image inspect -f '{{ index .Config.Labels "autoscaler.context-hash" }}' autoscaler:latest 2>/dev/null || true)
     if [ "$current" = "$hash" ]; then
         log "autoscaler:latest is up to date ($hash)"
@@ -126,18 +131,17 @@ build_daemon() {
     fi
     python=python3
     [ -x "$repo/.venv/bin/python" ] && python="$repo/.venv/bin/python"
-    log "building wheels of the project for autoscaler:latest"
-    rm -rf "$context/wheels"
+    log "downloading wheels for the image's Python (its marker environment and tags) into $wheelhouse"
+    venv_stage=$(docker build -q --force-rm --target venv -f "$here/autoscaler/Dockerfile" "$repo")
+    rm -f "$wheelhouse"/*.whl
     # pip warns about every optional local index that is absent; keep real errors visible.
-    "$python" -m pip wheel -q --disable-pip-version-check -w "$context/wheels" "$repo" 2>&1 \
+    { docker run -i --rm --network none "$venv_stage" \
+            /opt/autoscaler/bin/python - describe < "$here/autoscaler/fetch-wheels.py" \
+        | "$python" "$here/autoscaler/fetch-wheels.py" download "$repo" "$wheelhouse"; } 2>&1 \
         | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
-    # The image's Python is Debian's 3.11.2, on which redis also needs async-timeout (a marker
-    # the host's newer Python skips when it resolves the wheels above).
-    "$python" -m pip wheel -q --disable-pip-version-check -w "$context/wheels" "async-timeout>=4.0.3" 2>&1 \
-        | { grep -v "is ignored: it is neither a file nor a directory" || true; } >&2
-    cp "$repo/deploy/loadgen.py" "$context/loadgen.py"
-    log "building autoscaler:latest"
-    docker build -q --label "autoscaler.context-hash=$hash" -t autoscaler:latest "$context" >/dev/null
+    log "building autoscaler:latest (no index: the wheelhouse only)"
+    docker build -q --force-rm --build-arg PIP_NO_INDEX=1 --label "autoscaler.context-hash=$hash" -t autoscaler:latest \
+        -f "$here/autoscaler/Dockerfile" "$repo" >/dev/null
     log "built autoscaler:latest ($hash)"
 }
 

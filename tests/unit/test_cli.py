@@ -1,7 +1,7 @@
 """The command line: exit codes 0 / 1 / 2 and one clear message per problem, never a traceback.
 
-Most cases call autoscaler.cli.main() in-process; a few run `python -m autoscaler.cli` to see
-exactly what reaches stderr. Nothing here needs a Docker engine: `run` is pointed at a socket
+Most cases call autoscaler.cli.main() in-process; a few run `python -m autoscaler.cli` and
+`python -m autoscaler` to see exactly what reaches stderr. Nothing here needs a Docker engine: `run` is pointed at a socket
 that does not exist.
 """
 
@@ -273,29 +273,55 @@ PROCESS_CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def processes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str]]:
-    """Runs every case of PROCESS_CASES side by side: (exit code, stderr) by id."""
+# `python -m autoscaler` (autoscaler/__main__.py) must behave exactly as the console script.
+MODULES = ["autoscaler.cli", "autoscaler"]
+
+
+def process_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith("AUTOSCALER_")}
     env["DOCKER_HOST"] = NO_DOCKER
+    return env
+
+
+@pytest.fixture(scope="module")
+def processes(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], tuple[int, str]]:
+    """Runs every case of PROCESS_CASES under each module side by side: (exit code, stderr)."""
     running = {}
     for case, (command, edits, _, _) in PROCESS_CASES.items():
         path = write_config(tmp_path_factory.mktemp(case), *edits)
-        running[case] = subprocess.Popen(
-            [sys.executable, "-m", "autoscaler.cli", command, "-c", str(path)],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+        for module in MODULES:
+            running[case, module] = subprocess.Popen(
+                [sys.executable, "-m", module, command, "-c", str(path)],
+                cwd=ROOT, env=process_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            )
     results = {}
-    for case, process in running.items():
+    for key, process in running.items():
         _, err = process.communicate(timeout=30)
-        results[case] = (process.returncode, err)
+        results[key] = (process.returncode, err)
     return results
 
 
+@pytest.mark.parametrize("module", MODULES)
 @pytest.mark.parametrize("case", PROCESS_CASES)
-def test_python_m_autoscaler_cli(processes: dict[str, tuple[int, str]], case: str) -> None:
+def test_python_m_autoscaler_cli(processes: dict[tuple[str, str], tuple[int, str]], case: str, module: str) -> None:
     _, _, code, message = PROCESS_CASES[case]
-    returncode, err = processes[case]
+    returncode, err = processes[case, module]
     assert returncode == code, err
     assert message in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("argv", "code", "stdout"), [
+    (["--version"], EXIT_OK, "autoscaler 0.1.0"),
+    (["validate", "--config", str(EXAMPLE)], EXIT_OK, ": ok (1 service(s): web)"),
+    ([], EXIT_USAGE, ""),
+    (["frobnicate"], EXIT_USAGE, ""),
+], ids=["version", "validate-ok", "no-command", "unknown-command"])
+def test_python_m_autoscaler_is_the_autoscaler_command(argv: list[str], code: int, stdout: str) -> None:
+    result = subprocess.run([sys.executable, "-m", "autoscaler", *argv], cwd=ROOT, env=process_env(),
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == code, result.stderr
+    assert stdout in result.stdout
+    assert "Traceback" not in result.stderr
+    if code == EXIT_USAGE:
+        assert result.stderr.startswith("usage: autoscaler "), result.stderr
