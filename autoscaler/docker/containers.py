@@ -11,6 +11,7 @@ import docker
 import docker.errors
 
 from autoscaler.docker.engine import DockerEngine, docker_epoch
+from autoscaler.docker.images import DockerImages
 from autoscaler.docker.labels import LABEL_PORT, ROLE_REPLICA, is_owned, label_filter, owner_labels
 from autoscaler.engine.ports import BackendError, ExitReport, Replica, ReplicaSpec
 
@@ -37,8 +38,9 @@ def _nanoseconds(seconds: float) -> int:
 
 
 class DockerContainers:
-    def __init__(self, engine: DockerEngine) -> None:
+    def __init__(self, engine: DockerEngine, images: DockerImages | None = None) -> None:
         self._engine = engine
+        self._images = images or DockerImages(engine)
 
     def list_replicas(self, service: str, network: str) -> list[Replica]:
         engine = self._engine
@@ -59,6 +61,7 @@ class DockerContainers:
                     created_at_seconds=float(c["Created"]),
                     port=int(port_label) if port_label.isdigit() else None,
                     health=health_of(str(c.get("Status") or "")),
+                    image=c.get("Image") or None,
                 )
             )
         return sorted(replicas, key=lambda r: (r.created_at_seconds, r.name))
@@ -66,6 +69,9 @@ class DockerContainers:
     def new_replica_name(self, service: str) -> str:
         # Chosen before the create, so the caller knows an in-flight start by its name.
         return f"autoscaler-{service}-{secrets.token_hex(3)}"
+
+    def resolve_image(self, spec: ReplicaSpec) -> str:
+        return self._images.resolve(spec)
 
     def start_replica(self, spec: ReplicaSpec, name: str) -> Replica:
         """Creates and starts one replica. On a failed start nothing is left behind."""
@@ -110,7 +116,7 @@ class DockerContainers:
         created_at = docker_epoch(info.get("Created")) or time.time()
         health = (info["State"].get("Health") or {}).get("Status") or None
         return Replica(container_id, name, spec.service, info["State"]["Status"], ip, created_at, spec.port,
-                       health=health)
+                       health=health, image=spec.image)
 
     def exit_report(self, service: str, replica_id: str) -> ExitReport:
         return container_exit_report(self._engine, service, replica_id)

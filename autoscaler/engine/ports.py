@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 # --- errors ---------------------------------------------------------------------------------
 
@@ -71,10 +71,16 @@ class HealthcheckSpec:
     start_period_seconds: float
 
 
+# Where a replica's image comes from (autoscaler/docker/images.py): the engine's own when it has
+# it, else the registry ("missing"); the registry's when first needed ("always"); only the engine's
+# ("never").
+PullPolicy = Literal["missing", "always", "never"]
+
+
 @dataclass(frozen=True)
 class ReplicaSpec:
     service: str
-    image: str
+    image: str  # as configured; ContainerRuntime.resolve_image says what to create replicas from
     port: int | None  # None: a worker, which nothing connects to
     network: str
     cpu_limit_cores: float
@@ -82,6 +88,8 @@ class ReplicaSpec:
     command: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     healthcheck: HealthcheckSpec | None = None  # None: the image's own, if it has one
+    pull: PullPolicy = "missing"
+    pull_timeout_seconds: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,9 @@ class Replica:
     # Docker's health status where a HEALTHCHECK is defined: "starting", "healthy" or
     # "unhealthy"; None where the container has no check.
     health: str | None = None
+    # The image it was created from, as resolved (`repo@sha256:...` once pinned): what a rolling
+    # update compares with the service's current resolution. None where unknown (Swarm tasks).
+    image: str | None = None
 
     @property
     def running(self) -> bool:
@@ -236,6 +247,11 @@ class ContainerRuntime(Protocol):
 
     def list_replicas(self, service: str, network: str) -> list[Replica]: ...
     def new_replica_name(self, service: str) -> str: ...
+    def resolve_image(self, spec: ReplicaSpec) -> str:
+        """The reference to create the spec's replicas from, pulled as `spec.pull` says and
+        pinned by digest once resolved. A pull takes up to `spec.pull_timeout_seconds`: called
+        in a start operation's thread, never in a pass."""
+        ...
     def start_replica(self, spec: ReplicaSpec, name: str) -> Replica: ...
     def remove_replica(self, service: str, replica_id: str, stop_timeout_seconds: int, force: bool = False) -> None: ...
     def exit_report(self, service: str, replica_id: str) -> ExitReport: ...
