@@ -165,6 +165,14 @@ class ServiceConfig(ContainerFields):
     # service), whose whole configuration the replicas copy (keys set here override it).
     image: ImageReference | None = None
     template: TemplateConfig | None = None
+    # Where the image comes from: "missing" pulls it when the engine does not have it, "always"
+    # pulls it when a replica first needs it (a moving tag is read from the registry), "never"
+    # only uses the engine's. A pulled image is pinned by digest, so every replica started from
+    # this `image` runs the same bytes (autoscaler/docker/images.py). Containers only: a
+    # Swarm's nodes pull their tasks' images themselves.
+    pull: Literal["missing", "always", "never"] = "missing"
+    # A pull that has not finished by then is abandoned: a failed start, backed off.
+    pull_timeout_seconds: float = Field(300.0, gt=0, le=MAX_TIMEOUT_SECONDS)
     # The port the application listens on inside each replica; HAProxy connects to it. A
     # service with neither port nor [load_balancer] is a worker (see is_worker).
     port: int | None = Field(None, ge=1, le=65535)
@@ -324,9 +332,14 @@ class ServiceConfig(ContainerFields):
                 problems.append((("metrics_source",), f'"{self.metrics_source}" reads Swarm tasks: use it with backend = "swarm"'))
             if self.load_balancer is not None and self.load_balancer.node is not None:
                 problems.append((("load_balancer", "node"), 'only used with backend = "swarm"'))
-        elif self.metrics_source == "docker":
-            problems.append((("metrics_source",), 'a manager cannot read the stats of tasks on other nodes: '
-                             'use "agent" or "prometheus" with backend = "swarm"'))
+        else:
+            if self.metrics_source == "docker":
+                problems.append((("metrics_source",), 'a manager cannot read the stats of tasks on other nodes: '
+                                 'use "agent" or "prometheus" with backend = "swarm"'))
+            for key in ("pull", "pull_timeout_seconds"):
+                if key in self.model_fields_set:
+                    problems.append(((key,), 'only used with backend = "containers": a Swarm\'s nodes pull '
+                                     'their tasks\' images themselves'))
         if self.effective_metrics_source == "prometheus" and self.prometheus is None:
             problems.append((("prometheus",), 'metrics_source = "prometheus" needs [services.NAME.prometheus] with its url'))
         if self.prometheus is not None and self.effective_metrics_source != "prometheus":

@@ -1,6 +1,6 @@
-"""One Docker engine's parts, made from one connection: the replicas' containers, the load
-balancer's container, the network and the metrics. Each part implements one of the engine's
-ports (autoscaler/engine/ports.py); this only builds them together."""
+"""One Docker engine's parts, made from one connection: the replicas' containers and their
+images, the load balancer's container, the network and the metrics. Each part implements one of
+the engine's ports (autoscaler/engine/ports.py); this only builds them together."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import docker
 
 from autoscaler.docker.containers import DockerContainers
 from autoscaler.docker.engine import POOL_SIZE, DockerEngine
+from autoscaler.docker.images import DockerImages
 from autoscaler.docker.loadbalancer import AdminMount, DockerLoadBalancers
 from autoscaler.docker.metrics import DockerMetrics
 from autoscaler.docker.networks import DockerNetworks
@@ -26,7 +27,8 @@ class DockerBackend:
     ) -> None:
         self.engine = engine if isinstance(engine, DockerEngine) else DockerEngine(engine, observer)
         self.admin = AdminMount(self.engine, admin_socket_dir)
-        self.containers = DockerContainers(self.engine)
+        self.images = DockerImages(self.engine)
+        self.containers = DockerContainers(self.engine, self.images)
         self.load_balancers = DockerLoadBalancers(self.engine, self.admin, access)
         self.networks = DockerNetworks(self.engine)
         self.metrics = DockerMetrics(self.engine, observer, stats_workers, cgroups)
@@ -46,4 +48,5 @@ class DockerBackend:
 
     def close(self) -> None:
         self.metrics.close()
+        self.images.close()
         self.engine.close()

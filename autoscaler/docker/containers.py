@@ -11,6 +11,7 @@ import docker
 import docker.errors
 
 from autoscaler.docker.engine import DockerEngine, docker_epoch
+from autoscaler.docker.images import DockerImages
 from autoscaler.docker.labels import LABEL_PORT, LABEL_VERSION, ROLE_REPLICA, is_owned, label_filter
 from autoscaler.docker.template import create_body, read_template
 from autoscaler.engine.ports import BackendError, ContainerTemplate, ExitReport, Replica, ReplicaSpec
@@ -34,8 +35,9 @@ def health_of(status: str) -> str | None:
 
 
 class DockerContainers:
-    def __init__(self, engine: DockerEngine) -> None:
+    def __init__(self, engine: DockerEngine, images: DockerImages | None = None) -> None:
         self._engine = engine
+        self._images = images or DockerImages(engine)
 
     def list_replicas(self, service: str, network: str) -> list[Replica]:
         engine = self._engine
@@ -57,6 +59,7 @@ class DockerContainers:
                     port=int(port_label) if port_label.isdigit() else None,
                     health=health_of(str(c.get("Status") or "")),
                     version=(c.get("Labels") or {}).get(LABEL_VERSION),
+                    image=c.get("Image") or None,
                 )
             )
         return sorted(replicas, key=lambda r: (r.created_at_seconds, r.name))
@@ -64,6 +67,9 @@ class DockerContainers:
     def new_replica_name(self, service: str) -> str:
         # Chosen before the create, so the caller knows an in-flight start by its name.
         return f"autoscaler-{service}-{secrets.token_hex(3)}"
+
+    def resolve_image(self, spec: ReplicaSpec) -> str:
+        return self._images.resolve(spec)
 
     def start_replica(self, spec: ReplicaSpec, name: str) -> Replica:
         """Creates and starts one replica (from its template, if any, and the config on top).
@@ -88,7 +94,7 @@ class DockerContainers:
         created_at = docker_epoch(info.get("Created")) or time.time()
         health = (info["State"].get("Health") or {}).get("Status") or None
         return Replica(container_id, name, spec.service, info["State"]["Status"], ip, created_at, spec.port,
-                       health=health, version=spec.version)
+                       health=health, version=spec.version, image=spec.image)
 
     def read_template(self, service: str, container: str | None, compose: tuple[str, str] | None) -> ContainerTemplate:
         return read_template(self._engine, service, container, compose)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from autoscaler.config import ServiceConfig
@@ -378,8 +378,17 @@ class ContainerSet:
         spec = self._rollout(config).spec
         name = self._runtime.new_replica_name(self._ctx.name)
         self._state.in_flight.expect_start(name)
-        self._ops.submit("start", name, lambda: self._fenced(lambda: self._runtime.start_replica(spec, name)),
+        self._ops.submit("start", name, lambda: self._fenced(lambda: self._start(spec, name)),
                          counted_at=counted_at, submitted_at=now)
+
+    def _start(self, spec: ReplicaSpec, name: str) -> Replica:
+        # The image is resolved here, in the operation's thread: a pull takes as long as it takes
+        # (up to its timeout) without holding up a pass, and one that fails is a failed start,
+        # backed off like any other. The start counts as in flight meanwhile, so no pass starts
+        # another replica for the same need.
+        image = self._runtime.resolve_image(spec)
+        self._ctx.fence()  # a pull may outlast the lease
+        return self._runtime.start_replica(replace(spec, image=image, resolved_from=spec.version), name)
 
     def _submit_removal(self, config: ServiceConfig, name: str, replica_id: str, force: bool) -> None:
         self._ctx.fence()

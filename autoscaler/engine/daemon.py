@@ -225,11 +225,21 @@ class Daemon:
         services = self.settings.services
         try:
             cpus, memory_bytes = backend.engine.capacity()
-            missing = backend.engine.missing_images(
+            absent = backend.engine.missing_images(
                 [s.image for s in services.values() if s.image is not None] + [s.lease_image for s in services.values()]
             )
         except BackendError as exc:
             raise StartupError(str(exc)) from exc
+        # An image the service may pull is fetched by its first start (a failed pull is a failed
+        # start, backed off); only what nothing pulls must be here now: a service's image with
+        # pull = "never" (or on a Swarm, whose manager creates the service from it) and the load
+        # balancers' images.
+        required = {s.image for s in services.values() if s.backend == "swarm" or s.pull == "never"}
+        required |= {s.lease_image for s in services.values()}
+        missing = [image for image in absent if image in required]
+        for image in absent:
+            if image not in required:
+                log.info("image %s is not on the Docker engine: the first replica pulls it", image)
         problems = []
         for name, service in services.items():
             if service.backend == "swarm":
@@ -241,9 +251,11 @@ class Daemon:
                     f"services.{name}.memory_limit: {service.memory_limit} bytes, but the Docker engine has {memory_bytes}"
                 )
         if missing:
+            never = list(dict.fromkeys(s.image for s in services.values() if s.image in missing and s.pull == "never"))
             problems.append(
                 f"image(s) not found on the Docker engine: {', '.join(missing)}; "
                 "build them with deploy/build-images.sh (or fix the image names in the config)"
+                + (f'; or let the daemon pull {", ".join(never)}: pull = "missing"' if never else "")
             )
         if problems:
             raise StartupError("; ".join(problems), exit_code=2)

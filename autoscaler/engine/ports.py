@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 # --- errors ---------------------------------------------------------------------------------
 
@@ -71,6 +71,12 @@ class HealthcheckSpec:
     start_period_seconds: float
 
 
+# Where a replica's image comes from (autoscaler/docker/images.py): the engine's own when it has
+# it, else the registry ("missing"); the registry's when first needed ("always"); only the engine's
+# ("never").
+PullPolicy = Literal["missing", "always", "never"]
+
+
 @dataclass(frozen=True)
 class ContainerTemplate:
     """A container the replicas copy (docker/template.py), in Docker's own API structures, with
@@ -103,10 +109,14 @@ class ContainerFields:
     log_options: tuple[tuple[str, str], ...] = ()
 
 
+# How a spec's image is fetched is not what a replica is made from: no rollout when it changes.
+_NOT_VERSIONED = frozenset({"pull", "pull_timeout_seconds", "resolved_from"})
+
+
 @dataclass(frozen=True)
 class ReplicaSpec:
     service: str
-    image: str
+    image: str  # as configured; ContainerRuntime.resolve_image says what to create replicas from
     port: int | None  # None: a worker, which nothing connects to
     network: str
     cpu_limit_cores: float
@@ -116,12 +126,20 @@ class ReplicaSpec:
     healthcheck: HealthcheckSpec | None = None  # None: the image's own, if it has one
     fields: ContainerFields = field(default_factory=ContainerFields)
     template: ContainerTemplate | None = None  # set: the replicas copy it, the fields above on top
+    pull: PullPolicy = "missing"
+    pull_timeout_seconds: float = 300.0
+    # The version of the spec as configured, kept when its image is resolved to a digest for
+    # a start (the resolved spec is the same version).
+    resolved_from: str | None = None
 
     @property
     def version(self) -> str:
-        """A hash of everything a replica is made from: replicas of another version are rolled
-        over to this one (a rolling update)."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:12]
+        """A hash of everything a replica is made from (how the image is pulled aside): replicas
+        of another version are rolled over to this one (a rolling update)."""
+        if self.resolved_from is not None:
+            return self.resolved_from
+        made_of = {k: v for k, v in asdict(self).items() if k not in _NOT_VERSIONED}
+        return hashlib.sha256(json.dumps(made_of, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 @dataclass(frozen=True)
@@ -141,6 +159,9 @@ class Replica:
     # What it was made from (ReplicaSpec.version, from its label); None for replicas that
     # predate versions: they count as the current version, so an upgrade rolls nothing.
     version: str | None = None
+    # The image it was created from, as resolved (`repo@sha256:...` once pinned). None where
+    # unknown (Swarm tasks).
+    image: str | None = None
 
     @property
     def running(self) -> bool:
@@ -279,6 +300,11 @@ class ContainerRuntime(Protocol):
 
     def list_replicas(self, service: str, network: str) -> list[Replica]: ...
     def new_replica_name(self, service: str) -> str: ...
+    def resolve_image(self, spec: ReplicaSpec) -> str:
+        """The reference to create the spec's replicas from, pulled as `spec.pull` says and
+        pinned by digest once resolved. A pull takes up to `spec.pull_timeout_seconds`: called
+        in a start operation's thread, never in a pass."""
+        ...
     def start_replica(self, spec: ReplicaSpec, name: str) -> Replica: ...
     def remove_replica(self, service: str, replica_id: str, stop_timeout_seconds: int, force: bool = False) -> None: ...
     def exit_report(self, service: str, replica_id: str) -> ExitReport: ...

@@ -66,6 +66,8 @@ def replica_spec(service: str, network: str, config: ServiceConfig,
             tuple(check.test), check.interval_seconds, check.timeout_seconds, check.retries,
             check.start_period_seconds,
         ),
+        pull=config.pull,
+        pull_timeout_seconds=config.pull_timeout_seconds,
     )
 
 

@@ -8,6 +8,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import pytest
 from testcontainers.core.container import DockerContainer
@@ -110,6 +111,7 @@ def test_create_list_adopt_remove(backend: DockerBackend, docker_client, service
     adopted = DockerBackend(docker_client).containers.list_replicas(service_name, network)
     assert {r.id for r in adopted} == {first.id, second.id}
     assert all(r.running and r.ip for r in adopted)
+    assert first.image == APP_IMAGE and all(r.image == APP_IMAGE for r in adopted), "what each was created from"
 
     backend.containers.remove_replica(service_name, first.id, stop_timeout_seconds=10)
     assert [r.id for r in backend.containers.list_replicas(service_name, network)] == [second.id]
@@ -171,6 +173,19 @@ def test_missing_image_is_reported(backend: DockerBackend) -> None:
     assert backend.engine.missing_images([APP_IMAGE, "autoscaler-no-such-image:latest"]) == [
         "autoscaler-no-such-image:latest"
     ]
+
+
+def test_images_are_resolved_as_pull_says(backend: DockerBackend, service_name: str) -> None:
+    # Built here, with no digest from a registry: used by its name whatever the policy.
+    for pull in ("missing", "never"):
+        assert backend.containers.resolve_image(replace(spec(service_name, "n"), pull=pull)) == APP_IMAGE
+    missing = replace(spec(service_name, "n"), image="autoscaler-no-such-image:latest")
+    with pytest.raises(BackendError, match='not found on the Docker engine, and pull = "never"'):
+        backend.containers.resolve_image(replace(missing, pull="never"))
+    # No registry to pull it from (or none has it): one line, the engine's reason, counted.
+    with pytest.raises(BackendError, match="pull of autoscaler-no-such-image:latest failed: ") as caught:
+        backend.containers.resolve_image(missing)
+    assert not caught.value.unreachable and "\n" not in str(caught.value)
 
 
 def _docker_stats(ids: list[str]) -> dict[str, tuple[float, float]]:

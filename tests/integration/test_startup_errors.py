@@ -25,15 +25,18 @@ def containers(docker_client, service: str) -> list:  # type: ignore[no-untyped-
     return docker_client.containers.list(all=True, filters={"label": f"autoscaler.service={service}"})
 
 
-def test_a_missing_image_exits_2_before_creating_anything(docker_client, service_name: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_missing_image_it_may_not_pull_exits_2_before_creating_anything(docker_client, service_name: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # With pull = "missing" (the default) the first start would pull it instead
+    # (tests/integration/test_registry.py).
     config = tmp_path / "config.toml"
     config.write_text(
         demo_config(service_name, free_port(), free_port(), 2, "target_cpu_percent = 50")
-        .replace("autoscaler-demo-app:latest", "autoscaler-no-such-image:latest")
+        .replace('"autoscaler-demo-app:latest"', '"autoscaler-no-such-image:latest"\npull = "never"')
     )
     result = run(config)
     assert result.returncode == 2
     assert "autoscaler-no-such-image:latest" in result.stderr and "build-images.sh" in result.stderr
+    assert 'let the daemon pull autoscaler-no-such-image:latest: pull = "missing"' in result.stderr
     assert "Traceback" not in result.stderr
     assert containers(docker_client, service_name) == []
     assert docker_client.networks.list(names=[f"autoscaler-{service_name}"]) == []

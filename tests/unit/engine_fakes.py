@@ -184,6 +184,8 @@ class FakeBackend:
         # Failures to switch on:
         self.engine_down = False  # every call raises, as with dockerd stopped
         self.create_errors: list[str] = []  # each start raises the next one
+        self.pull_errors: list[str] = []  # each image resolution raises the next one (a pull that failed)
+        self.pinned: dict[str, str] = {}  # image -> the reference its replicas are created from
         self.exit_on_start: ExitReport | None = None  # new replicas exit right after starting
         self.health_on_start: str | None = None  # Docker's health status of new replicas (None: no check)
         self.lb_state: str | None = "running"  # the load-balancer container (None: missing)
@@ -313,13 +315,21 @@ class FakeBackend:
             self._seq += 1
             return f"autoscaler-{service}-n{self._seq}"
 
+    def resolve_image(self, spec: ReplicaSpec) -> str:
+        self._check_engine("image_inspect")
+        if self.pull_errors:
+            self.calls.add("pull_failed", spec.image)
+            raise BackendError("image_pull", SERVICE, self.pull_errors.pop(0))
+        return self.pinned.get(spec.image, spec.image)
+
     def start_replica(self, spec: ReplicaSpec, name: str) -> Replica:
         self._check_engine("container_create")
         self.specs.append(spec)
         if self.create_errors:
             self.calls.add("start_failed", name or "")
             raise BackendError("container_create", SERVICE, self.create_errors.pop(0))
-        replica = self._new(name, "running", self.clock.wall, self.health_on_start)
+        replica = replace(self._new(name, "running", self.clock.wall, self.health_on_start), image=spec.image)
+        self.replicas[replica.id] = replica
         self.calls.add("start_replica", replica.name)
         if self.exit_on_start is not None:
             self.set_state(replica.name, "exited", self.exit_on_start)

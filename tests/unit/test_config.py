@@ -689,6 +689,12 @@ REFUSED: dict[str, tuple[dict[str, Any], str, str]] = {
         {"top": DAEMON + 'admin_socket_dir = "run/autoscaler"'}, "daemon.admin_socket_dir",
         "'run/autoscaler' must be an absolute path",
     ),
+    "pull-unknown": ({"web": {"pull": "if-not-present"}}, "services.web.pull", "'missing', 'always' or 'never'"),
+    "pull-timeout-0": ({"web": {"pull_timeout_seconds": 0}}, "services.web.pull_timeout_seconds", "must be > 0"),
+    "pull-timeout-day": ({"web": {"pull_timeout_seconds": 86400}}, "services.web.pull_timeout_seconds", "3600"),
+    "pull-on-swarm": (
+        {"web": {"backend": "swarm", "pull": "always"}}, "services.web.pull", 'only used with backend = "containers"',
+    ),
     "admin-socket-space": ({"top": DAEMON + 'admin_socket_dir = "/run/auto scaler"'}, "daemon.admin_socket_dir", "whitespace"),
     "admin-socket-nul": ({"top": DAEMON + 'admin_socket_dir = "/run/a\\u0000b"'}, "daemon.admin_socket_dir", "control characters"),
     "admin-socket-too-long": (
@@ -738,6 +744,8 @@ ACCEPTED: dict[str, tuple[dict[str, Any], str, Any]] = {
         {"web": {"backoff_initial_seconds": 5, "backoff_max_seconds": 5}}, "services.web.backoff_max_seconds", 5,
     ),
     "backoff-day": ({"web": {"backoff_max_seconds": 86400}}, "services.web.backoff_max_seconds", 86400),
+    "pull-always": ({"web": {"pull": "always", "pull_timeout_seconds": 3600}}, "services.web.pull", "always"),
+    "pull-never": ({"web": {"pull": "never"}}, "services.web.pull", "never"),
     "network-own": ({"web": {"network": "hostnet"}}, "services.web.network", "hostnet"),
     "lb-image-registry": (
         {"lb": {"image": "registry.local:5000/ops/haproxy:2.9"}}, "services.web.load_balancer.image",
@@ -771,6 +779,7 @@ def test_new_keys_have_valid_defaults(tmp_path: Path) -> None:
     assert (settings.daemon.shutdown_timeout_seconds, settings.daemon.admin_socket_dir) == (10, None)
     web = settings.services["web"]
     assert (web.backoff_initial_seconds, web.backoff_max_seconds) == (1, 60)
+    assert (web.pull, web.pull_timeout_seconds) == ("missing", 300)
 
 
 @pytest.mark.parametrize(

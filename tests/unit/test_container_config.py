@@ -151,3 +151,14 @@ def test_the_config_command_replaces_the_templates_and_a_volume_target_is_replac
     assert body["Cmd"] == ["worker", "--fast"]
     assert body["HostConfig"]["Binds"] == ["other:/data:rw"]
     assert template().config["Cmd"] == ["serve"], "the template itself is never changed"
+
+
+def test_the_version_is_what_a_replica_is_made_of_not_how_its_image_is_fetched() -> None:
+    from dataclasses import replace
+
+    base = spec(template=None, image="registry.local/web:2")
+    assert replace(base, pull="always", pull_timeout_seconds=5.0).version == base.version
+    resolved = replace(base, image="registry.local/web@sha256:" + "b" * 64, resolved_from=base.version)
+    assert resolved.version == base.version, "a start's resolved digest is the same version"
+    assert replace(base, env={"A": "1"}).version != base.version
+    assert replace(base, image="registry.local/web:3").version != base.version

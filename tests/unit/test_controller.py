@@ -244,6 +244,36 @@ def test_a_create_that_raises_does_not_stop_the_policy_and_backs_off(world: Worl
     assert len(world.backend.running) == 2
 
 
+def test_a_pull_that_fails_is_a_failed_start_backed_off_and_running_replicas_are_untouched(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.adopt(A)
+    world.backend.pull_errors = ["pull of demo:latest failed: unauthorized: authentication required"] * 20
+    controller = world.controller(min_replicas=2)
+    caplog.set_level(logging.INFO, logger="autoscaler.engine")
+
+    decisions = world.run(controller, 30)
+
+    assert all(d is not None for d in decisions), "the policy evaluated every interval"
+    attempts = world.calls.names("pull_failed")
+    assert 4 <= len(attempts) <= 6, attempts  # the start backoff: ~0, 1, 3, 7, 15 s and one more
+    assert world.calls.names("start_replica") == [], "no container is created without its image"
+    assert world.backend.running == [A] and world.calls.of(A) == [], "the running replica is not touched"
+    assert world.metric("autoscaler_replica_start_failures_total", reason="create_failed") == len(attempts)
+    warnings = [r.getMessage() for r in caplog.records if "could not be started" in r.getMessage()
+                and r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "unauthorized: authentication required" in warnings[0], warnings
+
+    world.backend.pull_errors = []
+    world.backend.pinned = {"demo:latest": "demo@sha256:" + "1" * 64}
+    world.lb.checks_pass_after = 1
+    world.run(controller, 40)
+    assert len(world.backend.running) == 2
+    started = [r for r in world.backend.replicas.values() if r.name != A]
+    assert [r.image for r in started] == ["demo@sha256:" + "1" * 64], "created from the resolved reference"
+    assert world.backend.specs[-1].image == "demo@sha256:" + "1" * 64
+
+
 def _crash_loop_containers(world: World, seconds: float, interval: float, **config: Any) -> int:
     world.backend.exit_on_start = ExitReport(3, False, "", ("starting", "fatal: no config"))
     controller = world.controller(min_replicas=1, **config)
