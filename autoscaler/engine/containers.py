@@ -224,7 +224,9 @@ class ContainerSet:
             return
         failure = Failure(name, "create_failed", f"replica {name} could not be started: {exc}", never_ready=True,
                           counts=True, counted_at=counted_at, key=str(exc))
-        self._new_version_failed(config, outcome_version(self._state), f"could not be started: {exc}", now)
+        # Not a circuit-breaker failure: a start that could not happen (a pull that failed, a
+        # registry down) is held by the start backoff and tried again; the breaker counts
+        # replicas of the new version that ran and exited or never passed their check.
         record_failure(self._ctx, self._state, failure, now, config.backoff_initial_seconds, config.backoff_max_seconds)
 
     # --- repair -----------------------------------------------------------------------------
@@ -357,7 +359,7 @@ class ContainerSet:
         rollout.in_progress = step.outdated > 0
 
     def _new_version_failed(self, config: ServiceConfig, version: str | None, detail: str, now: float) -> None:
-        """A replica of the version being rolled out failed to become ready: after
+        """A replica of the version being rolled out exited or never passed its check: after
         rollout.failure_threshold of them the rollout stops and rolls back (ECS's deployment
         circuit breaker); the old replicas were never touched (they drain only for ready ones)."""
         rollout = self._state.rollout
@@ -403,8 +405,3 @@ class ContainerSet:
         # between submitting and running it may have lost the lease meanwhile.
         self._ctx.fence()
         return call()
-
-
-def outcome_version(state: ServiceState) -> str | None:
-    """The version a failed start was made from: starts are always of the rollout's spec."""
-    return state.rollout.spec.version if state.rollout is not None else None

@@ -186,17 +186,21 @@ def test_autoscaler_down_is_refused_while_a_daemon_runs(
     [
         ({"network_mode": "host"}, "uses network_mode host"),
         ({"network_mode": "none"}, "has no network"),
+        # What compose does for a service with `container_name: custom`: its labels, another name.
+        ({"labels_extra": {"com.docker.compose.project": "p", "com.docker.compose.service": "s",
+                           "com.docker.compose.container-number": "1"}}, "has a container_name"),
         (None, "does not exist"),
     ],
-    ids=["host-network", "no-network", "missing"],
+    ids=["host-network", "no-network", "container-name", "missing"],
 )
 def test_a_template_that_cannot_be_replicated_is_refused_at_start(
     docker_client, service_name: str, tmp_path: Path, run_kwargs: dict[str, Any] | None, expected: str  # type: ignore[no-untyped-def]
 ) -> None:
     name = f"{service_name}-template"
     if run_kwargs is not None:
-        docker_client.containers.run("autoscaler-demo-app:latest", name=name, detach=True,
-                                     labels={"autoscaler.service": service_name}, **run_kwargs)
+        extra = dict(run_kwargs)
+        labels = {"autoscaler.service": service_name, **extra.pop("labels_extra", {})}
+        docker_client.containers.run("autoscaler-demo-app:latest", name=name, detach=True, labels=labels, **extra)
     metrics_port = free_port()
     config = tmp_path / "autoscaler.toml"
     config.write_text(f"""

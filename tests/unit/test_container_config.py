@@ -58,6 +58,10 @@ BAD = {
     "extra-host": ('image = "a:1"\nextra_hosts = ["nohost"]', "services.web.extra_hosts", "host:ip"),
     "stop-signal": ('image = "a:1"\nstop_signal = "term"', "services.web.stop_signal", "not a signal"),
     "user": ('image = "a:1"\nuser = "a b"', "services.web.user", "pattern"),
+    "rollout-stuck": ('image = "a:1"\nrollout = { max_surge = 0, max_unavailable = 0 }', "services.web.rollout.max_surge",
+                      "could never replace a replica"),
+    "rollout-threshold": ('image = "a:1"\nrollout = { failure_threshold = 0 }', "services.web.rollout.failure_threshold",
+                          "must be >= 1"),
 }
 
 
