@@ -173,6 +173,9 @@ class ServiceConfig(ContainerFields):
     pull: Literal["missing", "always", "never"] = "missing"
     # A pull that has not finished by then is abandoned: a failed start, backed off.
     pull_timeout_seconds: float = Field(300.0, gt=0, le=MAX_TIMEOUT_SECONDS)
+    # With pull = "always": how often the tag is pulled again; a new digest behind it is a new
+    # version, rolled out (see "Rolling updates").
+    pull_check_seconds: float = Field(60.0, ge=1, le=86_400)
     # The port the application listens on inside each replica; HAProxy connects to it. A
     # service with neither port nor [load_balancer] is a worker (see is_worker).
     port: int | None = Field(None, ge=1, le=65535)
@@ -336,7 +339,7 @@ class ServiceConfig(ContainerFields):
             if self.metrics_source == "docker":
                 problems.append((("metrics_source",), 'a manager cannot read the stats of tasks on other nodes: '
                                  'use "agent" or "prometheus" with backend = "swarm"'))
-            for key in ("pull", "pull_timeout_seconds"):
+            for key in ("pull", "pull_timeout_seconds", "pull_check_seconds"):
                 if key in self.model_fields_set:
                     problems.append(((key,), 'only used with backend = "containers": a Swarm\'s nodes pull '
                                      'their tasks\' images themselves'))

@@ -71,6 +71,9 @@ class DockerContainers:
     def resolve_image(self, spec: ReplicaSpec) -> str:
         return self._images.resolve(spec)
 
+    def check_image(self, spec: ReplicaSpec) -> tuple[str | None, str]:
+        return self._images.refresh(spec)
+
     def start_replica(self, spec: ReplicaSpec, name: str) -> Replica:
         """Creates and starts one replica (from its template, if any, and the config on top).
         On a failed start nothing is left behind."""

@@ -230,6 +230,22 @@ class DockerImages:
         assert resolution.image is not None
         return resolution.image
 
+    def refresh(self, spec: ReplicaSpec) -> tuple[str | None, str]:
+        """Pulls the spec's tag again (pull = "always"): (the reference pinned until now, or
+        None when none was; the one pinned from now on). Raises BackendError as a start's pull."""
+        key = (spec.service, spec.image, spec.pull)
+        reference = parse_reference(spec.image)
+        with self._lock:
+            before = self._pinned.get(key)
+        digest = self._pull(spec, reference, "") or reference.digest
+        if digest is None:
+            info = self._inspect(spec.service, spec.image)
+            found = repo_digest(reference, (info or {}).get("RepoDigests") or []) or spec.image
+        else:
+            found = reference.pinned(digest)
+        self._pin(key, found)
+        return before, found
+
     def close(self) -> None:
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}

@@ -151,6 +151,10 @@ class ContainerSet:
         self._runtime = runtime
         self._ops = operations
         self._release = release  # takes a failed replica out of the gate (the load balancer)
+        # pull = "always": a tag -> the digest reference found behind it when it moved (the
+        # version new replicas are made from), and when the tag was last checked.
+        self._moved: dict[str, str] = {}
+        self._checked_at = -float("inf")
 
     def resolve_template(self, config: ServiceConfig) -> ContainerTemplate | None:
         """Reads the container the replicas copy (at set-up and on reload; a start never waits
@@ -191,6 +195,8 @@ class ContainerSet:
                 result = self._started(config, outcome, now)
                 if result is not None:
                     started.append(result)
+            elif outcome.kind == "check":
+                self._image_checked(outcome)
             elif outcome.kind == "remove" and outcome.error is not None:
                 unreachable = isinstance(outcome.error, BackendError) and outcome.error.unreachable
                 log.log(logging.DEBUG if unreachable or isinstance(outcome.error, LeaseLost) else logging.WARNING,
@@ -297,6 +303,7 @@ class ContainerSet:
         state = self._state
         assert state.count_to_keep is not None
         in_flight = state.in_flight
+        self._check_tag(config, now)
         rollout = self._rollout(config)
         step = plan(views, state.count_to_keep, in_flight.starts, in_flight.decided, state.backoff, state.tracked,
                     can_retire, now, rollout.spec.version, config.rollout.max_surge, config.rollout.max_unavailable)
@@ -333,6 +340,9 @@ class ContainerSet:
         starts a rolling update toward it, unless the circuit breaker stopped that version."""
         state = self._state
         wanted = replica_spec(self._ctx.name, self._ctx.network, config, state.template)
+        moved = self._moved.get(wanted.image) if wanted.pull == "always" else None
+        if moved is not None:
+            wanted = replace(wanted, image=moved)  # a new digest behind the tag: a new version
         rollout = state.rollout
         if rollout is None:
             rollout = state.rollout = Rollout(wanted)
@@ -348,6 +358,29 @@ class ContainerSet:
                 self._ctx.health.notes.pop("rollout", None)
                 rollout = state.rollout = Rollout(wanted, rollout.spec, rolled_back=rollout.rolled_back)
         return rollout
+
+    def _check_tag(self, config: ServiceConfig, now: float) -> None:
+        """pull = "always": the tag is pulled again every pull_check_seconds, in an operation's
+        thread; a digest that moved is rolled out."""
+        if config.pull != "always" or self._ctx.dry_run or now - self._checked_at < config.pull_check_seconds \
+                or self._ops.in_flight("check"):
+            return
+        self._checked_at = now
+        spec = replica_spec(self._ctx.name, self._ctx.network, config, self._state.template)
+        self._ops.submit("check", spec.image, lambda: self._runtime.check_image(spec))
+
+    def _image_checked(self, outcome: Outcome) -> None:
+        tag = outcome.key
+        if outcome.error is not None:
+            self._ctx.once("pull-check", logging.WARNING, "cannot check %s for a new image: %s (trying again "
+                           "in pull_check_seconds)", tag, outcome.error)
+            return
+        self._ctx.health.notes.pop("pull-check", None)
+        before, now_pinned = outcome.value
+        if before is not None and now_pinned != before and self._moved.get(tag) != now_pinned:
+            log.info("a new image behind %s: %s (was %s): rolling it out", tag, now_pinned, before,
+                     extra=self._ctx.extra())
+            self._moved[tag] = now_pinned
 
     def _rollout_progress(self, rollout: Rollout, step: Plan, views: list[ReplicaView]) -> None:
         if rollout.in_progress and not step.outdated:

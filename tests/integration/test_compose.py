@@ -74,6 +74,31 @@ def shop(docker_client, service_name: str, tmp_path: Path) -> Iterator[dict[str,
         compose("down", "-v", check=False)
 
 
+def template_config(service: str, project: str, metrics_port: int, lb_port: int, count: int, extra: str = "") -> str:
+    """A daemon config whose replicas copy the project's web service, `count` of them."""
+    return f"""
+[daemon]
+interval_seconds = 1
+metrics_listen = "127.0.0.1:{metrics_port}"
+
+[services.{service}]
+template = {{ compose_project = "{project}", compose_service = "web" }}
+port = 8000
+network = "{project}_front"
+cpu_limit = 0.25
+memory_limit = "128MiB"
+min_replicas = {count}
+max_replicas = {count}
+{extra}
+
+[services.{service}.load_balancer]
+publish = "127.0.0.1:{lb_port}"
+
+[services.{service}.policy]
+drain_timeout_seconds = 10
+"""
+
+
 def replica_containers(docker_client, service: str) -> list[Any]:  # type: ignore[no-untyped-def]
     return docker_client.containers.list(filters={"label": [f"autoscaler.service={service}", "autoscaler.role=replica"]})
 
@@ -86,24 +111,8 @@ def test_a_compose_web_app_scaled_out_with_its_volumes_networks_and_env_next_to_
     template.exec_run(["sh", "-c", "echo written-by-the-template > /data/proof"], user="0")
     metrics_port, lb_port = free_port(), free_port()
     config = tmp_path / "autoscaler.toml"
-    config.write_text(f"""
-[daemon]
-interval_seconds = 1
-metrics_listen = "127.0.0.1:{metrics_port}"
-
-[services.{service_name}]
-template = {{ compose_project = "{project}", compose_service = "web" }}
-port = 8000
-network = "{project}_front"
-cpu_limit = 0.25
-memory_limit = "128MiB"
-min_replicas = 3
-max_replicas = 3
-labels = {{ "shop.scaled-by" = "autoscaler" }}
-
-[services.{service_name}.load_balancer]
-publish = "127.0.0.1:{lb_port}"
-""")
+    config.write_text(template_config(service_name, project, metrics_port, lb_port, 3,
+                                      'labels = { "shop.scaled-by" = "autoscaler" }'))
     daemon = DaemonProcess(service_name, start_daemon(config, tmp_path / "daemon.log"), tmp_path / "daemon.log", metrics_port)
     traffic = Traffic(lb_port)
     try:
@@ -234,26 +243,7 @@ def test_compose_recreating_the_template_with_a_new_config_is_rolled_out(
     project, compose = shop["project"], shop["compose"]
     metrics_port, lb_port = free_port(), free_port()
     config = tmp_path / "autoscaler.toml"
-    config.write_text(f"""
-[daemon]
-interval_seconds = 1
-metrics_listen = "127.0.0.1:{metrics_port}"
-
-[services.{service_name}]
-template = {{ compose_project = "{project}", compose_service = "web" }}
-port = 8000
-network = "{project}_front"
-cpu_limit = 0.25
-memory_limit = "128MiB"
-min_replicas = 2
-max_replicas = 2
-
-[services.{service_name}.load_balancer]
-publish = "127.0.0.1:{lb_port}"
-
-[services.{service_name}.policy]
-drain_timeout_seconds = 10
-""")
+    config.write_text(template_config(service_name, project, metrics_port, lb_port, 2))
     daemon = DaemonProcess(service_name, start_daemon(config, tmp_path / "daemon.log"), tmp_path / "daemon.log", metrics_port)
     traffic = Traffic(lb_port)
     try:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -83,34 +81,6 @@ def pushed(docker_client, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         remove_references(docker_client, registry.address)
 
 
-@pytest.fixture
-def run_daemon(docker_client, service_name: str, tmp_path: Path) -> Iterator[Any]:  # type: ignore[no-untyped-def]
-    started: list[DaemonProcess] = []
-
-    def run(config_text: str, metrics_port: int, env: dict[str, str]) -> DaemonProcess:
-        config = tmp_path / "config.toml"
-        config.write_text(config_text)
-        log = tmp_path / "daemon.log"
-        process = subprocess.Popen(
-            [sys.executable, "-m", "autoscaler.cli", "run", "--config", str(config)],
-            stdout=log.open("ab"), stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-        )
-        daemon = DaemonProcess(service_name, process, log, metrics_port)
-        started.append(daemon)
-
-        def decided() -> bool:
-            assert daemon.process.poll() is None, f"the daemon exited:\n{daemon.log()}"
-            return daemon.status().get("desired_replicas") is not None
-
-        wait_for(decided, 60, "the daemon's first decision")
-        return daemon
-
-    yield run
-    for daemon in started:
-        if daemon.process.poll() is None:
-            daemon.stop(60)
-
-
 def config_text(service: str, image: str, lb_port: int, metrics_port: int, *, min_replicas: int = 1,
                 pull: str = "missing") -> str:
     return f"""
@@ -163,7 +133,7 @@ def test_replicas_run_the_pulled_image_by_digest_and_no_bad_pull_touches_the_one
     lb_port, metrics_port = free_port(), free_port()
     text = config_text(service_name, pushed.image("v1"), lb_port, metrics_port)
     config_started = time.monotonic()
-    daemon = run_daemon(text, metrics_port, {"DOCKER_CONFIG": str(pushed.docker_config)})
+    daemon = run_daemon(text, metrics_port, env={"DOCKER_CONFIG": str(pushed.docker_config)})
     wait_for(lambda: daemon.status()["replicas"]["ready"] == 1, 60, "1 ready replica from the registry")
     first_ready_seconds = time.monotonic() - config_started
 
@@ -269,7 +239,7 @@ printf '{{"ServerURL": "%s", "Username": "tester", "Secret": "wrong-password"}}'
     metrics_port = free_port()
     # "always": the engine may have v1 already (the other test pulled it); the registry decides.
     daemon = run_daemon(config_text(service_name, pushed.image("v1"), free_port(), metrics_port, pull="always"),
-                        metrics_port, {"DOCKER_CONFIG": str(config), "PATH": f"{helpers}:{os.environ['PATH']}"})
+                        metrics_port, env={"DOCKER_CONFIG": str(config), "PATH": f"{helpers}:{os.environ['PATH']}"})
     fragment = "unauthorized: authentication required"
     wait_for(lambda: warnings_with(daemon, fragment), 30, "the wrong-password line")
     time.sleep(3)
@@ -286,3 +256,41 @@ printf '{{"ServerURL": "%s", "Username": "tester", "Secret": "wrong-password"}}'
     assert calls.read_text().count("get") >= len(attempts), "asked again for each pull"
     assert daemon.stop() == 0
     assert "Traceback" not in daemon.log()
+
+
+def test_a_new_image_behind_a_moving_tag_is_rolled_out(
+    docker_client, service_name: str, pushed: Pushed, run_daemon  # type: ignore[no-untyped-def]
+) -> None:
+    """pull = "always": the tag is pulled again every pull_check_seconds; when it names other
+    bytes, that is a new version, rolled out under load with no failed request."""
+    repository_name = pushed.repository.split("/", 1)[1]
+    tag = f"moving-{service_name}"
+    push(docker_client, pushed.docker_config, APP_IMAGE, pushed.image(tag))
+    first = f"{pushed.repository}@{pushed.registry.manifest_digest(repository_name, tag)[0]}"
+    lb_port, metrics_port = free_port(), free_port()
+    text = config_text(service_name, pushed.image(tag), lb_port, metrics_port, min_replicas=2, pull="always")
+    daemon = run_daemon(text.replace('pull = "always"', 'pull = "always"\npull_check_seconds = 2'), metrics_port,
+                        env={"DOCKER_CONFIG": str(pushed.docker_config)})
+    wait_for(lambda: daemon.status()["replicas"]["ready"] == 2, 90, "2 replicas of the tag's first image")
+    assert {a["Config"]["Image"] for a in replicas(docker_client, service_name).values()} == {first}
+    traffic = Traffic(lb_port, timeout_seconds=10)
+    traffic.start(workers=2, cpu_ms=1, pause_seconds=0.02)
+    try:
+        time.sleep(3)  # checks that find the same digest change nothing
+        assert {a["Config"]["Image"] for a in replicas(docker_client, service_name).values()} == {first}
+        # The tag moves in the registry: other bytes (one label more) under the same name.
+        push(docker_client, pushed.docker_config, APP_IMAGE, pushed.image(tag), label=f"moved-{service_name}")
+        second = f"{pushed.repository}@{pushed.registry.manifest_digest(repository_name, tag)[0]}"
+        assert second != first
+
+        def rolled_out() -> bool:
+            running = replicas(docker_client, service_name)
+            return (len(running) == 2 and {a["Config"]["Image"] for a in running.values()} == {second}
+                    and daemon.status()["replicas"] == {"ready": 2, "starting": 0, "draining": 0})
+
+        wait_for(rolled_out, 120, "the new image behind the tag rolled out")
+    finally:
+        traffic.stop_all()
+    traffic.assert_served(at_least=100)
+    log = daemon.log()
+    assert f"a new image behind {pushed.image(tag)}: {second}" in log and "rolling out version" in log

@@ -7,13 +7,11 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from helpers import DaemonProcess, Traffic, free_port, remove_service_objects, start_daemon, wait_for
+from helpers import DaemonProcess, Traffic, free_port, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -45,25 +43,6 @@ drain_timeout_seconds = 10
 """
 
 
-@pytest.fixture
-def daemon_at(docker_client, service_name: str, tmp_path: Path) -> Iterator[Any]:  # type: ignore[no-untyped-def]
-    started: list[DaemonProcess] = []
-
-    def start(text: str, metrics_port: int) -> tuple[DaemonProcess, Path]:
-        config = tmp_path / "config.toml"
-        config.write_text(text)
-        daemon = DaemonProcess(service_name, start_daemon(config, tmp_path / "daemon.log"), tmp_path / "daemon.log",
-                               metrics_port)
-        started.append(daemon)
-        return daemon, config
-
-    yield start
-    for daemon in started:
-        if daemon.process.poll() is None:
-            daemon.stop(60)
-    remove_service_objects(docker_client, service_name)
-
-
 class Sampler:
     """/status every 0.1 s: (ready, starting) counts and the versions seen."""
 
@@ -87,11 +66,11 @@ class Sampler:
 
 
 def test_a_new_version_rolled_out_under_load_with_no_failed_request(
-    service_name: str, daemon_at  # type: ignore[no-untyped-def]
+    service_name: str, run_daemon, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     lb_port, metrics_port = free_port(), free_port()
-    daemon, config = daemon_at(config_text(service_name, lb_port, metrics_port, 4, 'env = { APP_VERSION = "1" }'),
-                               metrics_port)
+    daemon = run_daemon(config_text(service_name, lb_port, metrics_port, 4, 'env = { APP_VERSION = "1" }'), metrics_port)
+    config = tmp_path / "config.toml"
     wait_for(lambda: daemon.status()["replicas"]["ready"] == 4, 90, "4 ready replicas")
     old_version = daemon.status()["rollout"]["version"]
     traffic = Traffic(lb_port)
@@ -122,15 +101,16 @@ def test_a_new_version_rolled_out_under_load_with_no_failed_request(
     assert min(ready for ready, _ in during) >= 4, "max_unavailable 0: never fewer than 4 serving"
     assert any(len(versions) == 2 for _, _, versions in sampler.samples), "both versions ran side by side"
     log = daemon.log()
-    assert f"rolling out version" in log and "from " + old_version in log and "rollout of version" in log
+    assert "rolling out version" in log and "from " + old_version in log and "rollout of version" in log
     print(f"\nrollout of 4 replicas under load: {rollout_seconds:.1f} s, requests {counts}")
 
 
 def test_a_broken_version_is_rolled_back_and_the_old_replicas_serve_throughout(
-    docker_client, service_name: str, daemon_at  # type: ignore[no-untyped-def]
+    docker_client, service_name: str, run_daemon, tmp_path: Path  # type: ignore[no-untyped-def]
 ) -> None:
     lb_port, metrics_port = free_port(), free_port()
-    daemon, config = daemon_at(config_text(service_name, lb_port, metrics_port, 3), metrics_port)
+    daemon = run_daemon(config_text(service_name, lb_port, metrics_port, 3), metrics_port)
+    config = tmp_path / "config.toml"
     wait_for(lambda: daemon.status()["replicas"]["ready"] == 3, 90, "3 ready replicas")
     good = daemon.status()["rollout"]["version"]
     old_ids = sorted(c.id for c in docker_client.containers.list(

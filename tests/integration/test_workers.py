@@ -6,8 +6,6 @@ of a real Prometheus scraping an exporter of the test's own, through a Prometheu
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +15,7 @@ from typing import Any
 import pytest
 
 from externals import Exporter, RedisServer, prometheus_server, redis_server, wait_scraped
-from helpers import DaemonProcess, Traffic, free_port, remove_service_objects, start_daemon, wait_for
+from helpers import DaemonProcess, Traffic, free_port, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -57,34 +55,6 @@ target_average_value = 4
 def redis_box(docker_client, service_name: str) -> Iterator[RedisServer]:  # type: ignore[no-untyped-def]
     with redis_server(docker_client, service_name) as server:
         yield server
-
-
-@pytest.fixture
-def run_daemon(docker_client, service_name: str, tmp_path: Path) -> Iterator[Any]:  # type: ignore[no-untyped-def]
-    started: list[DaemonProcess] = []
-
-    def run(config_text: str, metrics_port: int, name: str = "daemon", *flags: str) -> DaemonProcess:
-        config = tmp_path / f"{name}.toml"
-        config.write_text(config_text)
-        log = tmp_path / f"{name}.log"
-        process = start_daemon(config, log) if not flags else subprocess.Popen(
-            [sys.executable, "-m", "autoscaler.cli", "run", *flags, "--config", str(config)],
-            stdout=log.open("ab"), stderr=subprocess.STDOUT,
-        )
-        daemon = DaemonProcess(service_name, process, log, metrics_port)
-        started.append(daemon)
-        def decided() -> bool:
-            assert daemon.process.poll() is None, f"the daemon exited:\n{daemon.log()}"
-            return daemon.status().get("desired_replicas") is not None
-
-        wait_for(decided, 60, "the daemon's first decision")
-        return daemon
-
-    yield run
-    for daemon in started:
-        if daemon.process.poll() is None:
-            daemon.stop(60)
-    remove_service_objects(docker_client, service_name)
 
 
 class ReplicaWatch:
