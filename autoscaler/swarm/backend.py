@@ -84,6 +84,11 @@ BUSY_UPDATE_STATES = {"updating", "paused", "rollback_started", "rollback_paused
 # Swarm removes a task's DNS record, waits 2 s, then sends the stop signal: the task must be
 # given time to finish its drained requests after that.
 SWARM_STOP_DELAY_SECONDS = 2
+# Between two tasks of a rolling update. Swarm stops an old task as soon as its replacement
+# runs, before the load balancer has checked it; without a pause the next old task would go
+# too, and for a moment no server would serve. This is more than a registration and the check
+# (inter 1 s, rise 2) take.
+SWARM_UPDATE_DELAY_SECONDS = 5
 
 
 class SwarmBusy(BackendError):
@@ -256,7 +261,8 @@ class SwarmServices:
             endpoint_spec=EndpointSpec(mode="dnsrr"),
             # A rolling update (a new image, `docker service update`) starts each new task
             # before stopping the old one, which the daemon drains: no moment without a server.
-            update_config=UpdateConfig(parallelism=1, order="start-first", failure_action="rollback"),
+            update_config=UpdateConfig(parallelism=1, order="start-first", failure_action="rollback",
+                                       delay=int(SWARM_UPDATE_DELAY_SECONDS * 1e9)),
         )
 
     def remove_service(self, service: str) -> None:
@@ -339,6 +345,9 @@ class SwarmServices:
                                             "StartPeriod": int(check.start_period_seconds * 1e9)}
             else:
                 container.pop("Healthcheck", None)
+            update = service_spec.setdefault("UpdateConfig", {})
+            update.update({"Parallelism": 1, "Order": "start-first", "FailureAction": "rollback"})
+            update["Delay"] = max(int(update.get("Delay") or 0), int(SWARM_UPDATE_DELAY_SECONDS * 1e9))
             limits = task.setdefault("Resources", {}).setdefault("Limits", {})
             limits["NanoCPUs"] = int(spec.cpu_limit_cores * 1e9)
             limits["MemoryBytes"] = spec.memory_limit_bytes
