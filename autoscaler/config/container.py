@@ -11,9 +11,8 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from autoscaler.config.values import ConfigModel, Loc, raise_problems, shown
+from autoscaler.config.values import DOCKER_NAME_RE, ConfigModel, Loc, raise_problems, shown
 
-_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", re.ASCII)
 # Compose's project names: lower case letters, digits, dashes and underscores.
 _PROJECT_RE = re.compile(r"[a-z0-9][a-z0-9_-]*", re.ASCII)
 _ENV_NAME_RE = re.compile(r"[^=\0\s][^=\0]*")
@@ -45,7 +44,7 @@ class TemplateConfig(ConfigModel):
         if self.compose_project is not None and not _PROJECT_RE.fullmatch(self.compose_project):
             problems.append((("compose_project",), f"{shown(self.compose_project)} is not a compose project name "
                              "(lower case letters, digits, '-' and '_')"))
-        if self.container is not None and not _NAME_RE.fullmatch(self.container):
+        if self.container is not None and not DOCKER_NAME_RE.fullmatch(self.container):
             problems.append((("container",), f"{shown(self.container)} is not a container name or id"))
         raise_problems(problems)
         return self
@@ -89,7 +88,7 @@ def parse_volume(text: str) -> tuple[str | None, str, str]:
     if source is not None:
         if source.startswith("."):
             raise ValueError(f"{shown(text)}: a relative host path depends on where the daemon runs: use an absolute path")
-        if not source.startswith("/") and not _NAME_RE.fullmatch(source):
+        if not source.startswith("/") and not DOCKER_NAME_RE.fullmatch(source):
             raise ValueError(f"{shown(text)}: {source!r} is neither an absolute host path nor a volume name")
     if not set(mode.split(",")) <= {"ro", "rw", "z", "Z", "nocopy"}:
         raise ValueError(f"{shown(text)}: unknown mode {mode!r} (ro, rw, z, Z, nocopy)")
@@ -147,7 +146,7 @@ class ContainerFields(ConfigModel):
     @classmethod
     def _check_networks(cls, value: list[str] | dict[str, NetworkAttachment]) -> list[str] | dict[str, NetworkAttachment]:
         names = list(value)
-        bad = [n for n in names if not _NAME_RE.fullmatch(n) or n.lower() in ("host", "none", "default")]
+        bad = [n for n in names if not DOCKER_NAME_RE.fullmatch(n) or n.lower() in ("host", "none", "default")]
         if bad:
             raise ValueError(f"{shown(bad)}: not network names a replica can join (host, none and default cannot be added)")
         return value

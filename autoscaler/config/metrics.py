@@ -14,7 +14,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from autoscaler.config.values import (
     MAX_METRIC_VALUE,
@@ -55,8 +55,8 @@ def check_secret_file(value: Path) -> Path:
     return value
 
 
-# A path checked by check_secret_file.
-SecretFile = Path
+# A credentials file: it exists and is not readable by everyone (check_secret_file).
+SecretFile = Annotated[Path, AfterValidator(check_secret_file)]
 
 
 def unbalanced(query: str) -> str | None:
@@ -124,11 +124,6 @@ class PrometheusQuery(ConfigModel):
             raise ValueError(f"is not balanced: {problem}")
         return value
 
-    @field_validator("bearer_token_file", "password_file")
-    @classmethod
-    def _check_file(cls, value: Path | None) -> Path | None:
-        return None if value is None else check_secret_file(value)
-
     @model_validator(mode="after")
     def _check_auth(self) -> "PrometheusQuery":
         problems: list[tuple[Loc, str]] = []
@@ -182,11 +177,6 @@ class RedisQueue(ConfigModel):
             raise ValueError(f"{shown(value)}: the database after the host must be a number (got {database!r})")
         del port  # read for its ValueError: a port that is not a number
         return value
-
-    @field_validator("password_file")
-    @classmethod
-    def _check_file(cls, value: Path | None) -> Path | None:
-        return None if value is None else check_secret_file(value)
 
     @model_validator(mode="after")
     def _check_key(self) -> "RedisQueue":

@@ -1,7 +1,6 @@
 """One scaled service: its replicas (image, limits, timeouts), where they run and are measured,
 its load balancer, policy and schedule."""
 
-import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -11,6 +10,7 @@ from autoscaler.config.container import ContainerFields, TemplateConfig
 from autoscaler.config.policy import PolicyConfig
 from autoscaler.config.schedule import ScheduleWindow
 from autoscaler.config.values import (
+    DOCKER_NAME_RE,
     MAX_BACKOFF_INITIAL_SECONDS,
     MAX_BACKOFF_SECONDS,
     MAX_CPU_LIMIT_CORES,
@@ -29,7 +29,6 @@ from autoscaler.config.values import (
     shown,
 )
 
-_DOCKER_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", re.ASCII)
 
 
 # Docker's predefined networks: no Docker DNS between containers there ("bridge"), or no
@@ -217,7 +216,7 @@ class ServiceConfig(ContainerFields):
                 "by name, which needs a user-defined bridge network with Docker's DNS "
                 "(leave network unset to get 'autoscaler-<service>', or name your own)"
             )
-        if not _DOCKER_NAME_RE.fullmatch(value):
+        if not DOCKER_NAME_RE.fullmatch(value):
             raise ValueError(f"{shown(value)} is not a valid Docker network name")
         return value
 

@@ -61,6 +61,10 @@ MAX_CONFIG_BYTES = 1024**2
 MAX_ADMIN_SOCKET_DIR_BYTES = 46
 
 
+# Docker's names of containers, networks and volumes.
+DOCKER_NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", re.ASCII)
+
+
 def shown(value: Any, limit: int = 60) -> str:
     """repr() for a message: cut short, and safe for ints too long for str() (> 4300 digits)."""
     try:

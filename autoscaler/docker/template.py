@@ -31,7 +31,7 @@ import docker.errors
 from autoscaler.config.container import parse_volume
 from autoscaler.docker.engine import DockerEngine
 from autoscaler.docker.labels import LABEL_MANAGED, LABEL_PORT, LABEL_VERSION, ROLE_REPLICA, owner_labels
-from autoscaler.engine.ports import ContainerTemplate, ReplicaSpec, Unusable
+from autoscaler.engine.ports import ContainerTemplate, HealthcheckSpec, ReplicaSpec, Unusable
 
 COMPOSE_PROJECT = "com.docker.compose.project"
 COMPOSE_SERVICE = "com.docker.compose.service"
@@ -142,6 +142,14 @@ def _nanoseconds(seconds: float) -> int:
     return int(round(seconds * 1e9))
 
 
+def healthcheck_body(check: HealthcheckSpec) -> dict[str, Any]:
+    """A HEALTHCHECK in the engine's API structure (a container's Config, a Swarm task's
+    ContainerSpec)."""
+    return {"Test": list(check.test), "Interval": _nanoseconds(check.interval_seconds),
+            "Timeout": _nanoseconds(check.timeout_seconds), "Retries": check.retries,
+            "StartPeriod": _nanoseconds(check.start_period_seconds)}
+
+
 def create_body(spec: ReplicaSpec) -> tuple[dict[str, Any], list[tuple[str, tuple[str, ...]]]]:
     """(the create body, the networks to connect after the create with their aliases). The
     service's own network comes first: the engine's API (1.41) takes one network at create."""
@@ -159,11 +167,8 @@ def create_body(spec: ReplicaSpec) -> tuple[dict[str, Any], list[tuple[str, tupl
         body["User"] = fields.user
     if fields.stop_signal is not None:
         body["StopSignal"] = fields.stop_signal
-    check = spec.healthcheck
-    if check is not None:
-        body["Healthcheck"] = {"Test": list(check.test), "Interval": _nanoseconds(check.interval_seconds),
-                               "Timeout": _nanoseconds(check.timeout_seconds), "Retries": check.retries,
-                               "StartPeriod": _nanoseconds(check.start_period_seconds)}
+    if spec.healthcheck is not None:
+        body["Healthcheck"] = healthcheck_body(spec.healthcheck)
     labels = dict(body.get("Labels") or {})
     labels.update(dict(fields.labels))
     labels.update(owner_labels(spec.service, ROLE_REPLICA))

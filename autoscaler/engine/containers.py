@@ -155,6 +155,7 @@ class ContainerSet:
         # version new replicas are made from), and when the tag was last checked.
         self._moved: dict[str, str] = {}
         self._checked_at = -float("inf")
+        self._wanted: tuple[ServiceConfig, ContainerTemplate | None, dict[str, str], ReplicaSpec] | None = None
 
     def resolve_template(self, config: ServiceConfig) -> ContainerTemplate | None:
         """Reads the container the replicas copy (at set-up and on reload; a start never waits
@@ -339,10 +340,7 @@ class ContainerSet:
         """What new replicas are made from. A changed spec (a reload, a template read again)
         starts a rolling update toward it, unless the circuit breaker stopped that version."""
         state = self._state
-        wanted = replica_spec(self._ctx.name, self._ctx.network, config, state.template)
-        moved = self._moved.get(wanted.image) if wanted.pull == "always" else None
-        if moved is not None:
-            wanted = replace(wanted, image=moved)  # a new digest behind the tag: a new version
+        wanted = self._wanted_spec(config)
         rollout = state.rollout
         if rollout is None:
             rollout = state.rollout = Rollout(wanted)
@@ -358,6 +356,20 @@ class ContainerSet:
                 self._ctx.health.notes.pop("rollout", None)
                 rollout = state.rollout = Rollout(wanted, rollout.spec, rolled_back=rollout.rolled_back)
         return rollout
+
+    def _wanted_spec(self, config: ServiceConfig) -> ReplicaSpec:
+        """The spec new replicas are made from, built again (and its version hashed) only when
+        the config, the template or the digest behind a moving tag changed, not every pass."""
+        template = self._state.template
+        cached = self._wanted
+        if cached is not None and cached[0] is config and cached[1] is template and cached[2] == self._moved:
+            return cached[3]
+        wanted = replica_spec(self._ctx.name, self._ctx.network, config, template)
+        moved = self._moved.get(wanted.image) if wanted.pull == "always" else None
+        if moved is not None:
+            wanted = replace(wanted, image=moved)  # a new digest behind the tag: a new version
+        self._wanted = (config, template, dict(self._moved), wanted)
+        return wanted
 
     def _check_tag(self, config: ServiceConfig, now: float) -> None:
         """pull = "always": the tag is pulled again every pull_check_seconds, in an operation's

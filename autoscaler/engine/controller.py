@@ -386,15 +386,16 @@ class ServiceController:
             started = self.target.collect(config, now)
             for replica, tracked in started:
                 self.gate.started(config, replica, tracked, now)
-            ready_before = sum(1 for t in self.state.tracked.values() if t.ready_since is not None)
+            # Only during a rolling update: whether this step made a replica ready.
+            rollout = self.state.rollout
+            rolling = rollout is not None and rollout.in_progress and self._request_pass is not None
+            ready_before = self._ready_count() if rolling else 0
             drained_names = self.gate.progress(config, now, self.target.watch(now))
             for name in drained_names:
                 drained = self.state.tracked.get(name)
                 if drained is not None:
                     self.target.drained(config, name, drained)
-            rollout = self.state.rollout
-            if (rollout is not None and rollout.in_progress and self._request_pass is not None
-                    and sum(1 for t in self.state.tracked.values() if t.ready_since is not None) > ready_before):
+            if rolling and self._request_pass is not None and self._ready_count() > ready_before:
                 # A new replica is ready in the middle of a rolling update: an old one may drain
                 # and the next start, now rather than at the next interval (as a Deployment
                 # controller reacts to a pod becoming ready).
@@ -425,6 +426,9 @@ class ServiceController:
             log.info("the template changed: %s is now version %s", template.source, template.version,
                      extra=self.ctx.extra())
             self.state.template = template
+
+    def _ready_count(self) -> int:
+        return sum(1 for t in self.state.tracked.values() if t.ready_since is not None)
 
     def _renew_during_pass(self) -> None:
         """While a pass runs, the lease is renewed for it only until the renew deadline: a pass
@@ -504,21 +508,21 @@ class ServiceController:
         """Replica counts and backoff as they are now, for the gauges and `status`."""
         state = self.state
         counts = {"ready": 0, "starting": state.in_flight.starts, "draining": 0}
+        versions: dict[str, int] = {}  # of the live replicas (not draining)
         for name, tracked in state.tracked.items():
             if tracked.failed or state.in_flight.removing(name):
                 continue
             if tracked.drain_deadline is not None:
                 counts["draining"] += 1
-            elif tracked.ready_since is not None and tracked.unhealthy_since is None:
+                continue
+            if tracked.ready_since is not None and tracked.unhealthy_since is None:
                 counts["ready"] += 1
             else:
                 counts["starting"] += 1
+            version = tracked.version or "unknown"
+            versions[version] = versions.get(version, 0) + 1
         self.replica_counts = counts
         self._telemetry.record_replicas(self.name, counts)
-        versions: dict[str, int] = {}
-        for name, tracked in state.tracked.items():
-            if not tracked.failed and tracked.drain_deadline is None and not state.in_flight.removing(name):
-                versions[tracked.version or "unknown"] = versions.get(tracked.version or "unknown", 0) + 1
         self.replica_versions = versions
         rollout = state.rollout
         self._telemetry.record_versions(self.name, versions, rollout is not None and rollout.in_progress)

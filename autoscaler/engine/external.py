@@ -37,7 +37,7 @@ class ExternalMetrics:
         self.last: tuple[ExternalReading, ...] = ()
 
     def errors(self) -> dict[str, str]:
-        """The metrics whose source fails now, with the source's sentence (for `status`)."""
+        """The metrics whose source fails now, with the source's sentence."""
         return {r.name: r.error or "no reading" for r in self.last if r.value is None}
 
     def read(self, config: ServiceConfig) -> tuple[ExternalReading, ...]:

@@ -37,6 +37,7 @@ class OrchestratedCount:
         self._release = release  # takes an ended task out of the gate (the load balancer)
         self._held: int | None = None  # the count the orchestrator holds, read each pass
         self._watch_until = 0.0
+        self._rolled_for: ServiceConfig | None = None  # the config whose spec is in force
 
     def resolve_template(self, config: ServiceConfig) -> ContainerTemplate | None:
         return None  # a Swarm service is its own template (config validation refuses one here)
@@ -67,11 +68,12 @@ class OrchestratedCount:
         """A changed spec (a reload) of a service the daemon created goes out through the
         orchestrator's own rolling update, not a reimplementation. An adopted service is the
         user's: its updates are the user's (`docker service update`)."""
-        if config.swarm_service is not None or self._ctx.dry_run:
-            return
+        if config.swarm_service is not None or self._ctx.dry_run or config is self._rolled_for:
+            return  # the same config as the last pass that handled it: nothing to hash again
         spec = replica_spec(self._ctx.name, self._ctx.network, config)
         state = self._state
         if state.rollout is not None and state.rollout.spec.version == spec.version:
+            self._rolled_for = config
             return
         try:
             running = self._service.version_of(self._ctx.name)
@@ -79,6 +81,7 @@ class OrchestratedCount:
                 self._ctx.fence()
                 self._service.roll_out(spec)
             state.rollout = Rollout(spec)
+            self._rolled_for = config
         except BackendError as exc:
             self._ctx.once("rollout", logging.WARNING, "cannot roll out version %s yet: %s (trying again)",
                            spec.version, exc)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, Literal, Protocol
 
 # --- errors ---------------------------------------------------------------------------------
@@ -132,7 +133,7 @@ class ReplicaSpec:
     # a start (the resolved spec is the same version).
     resolved_from: str | None = None
 
-    @property
+    @cached_property
     def version(self) -> str:
         """A hash of everything a replica is made from (how the image is pulled aside): replicas
         of another version are rolled over to this one (a rolling update)."""

@@ -51,7 +51,8 @@ def _prometheus_error(exc: urllib.error.HTTPError) -> str:
         return ""
 
 
-def _read_secret(path: Path, what: str) -> str:
+def read_secret(path: Path, what: str) -> str:
+    """A credential from its file, read at each use (a rotated one is picked up)."""
     try:
         return path.read_text().strip()
     except OSError as exc:
@@ -81,9 +82,9 @@ class PrometheusAPI:
 
     def _headers(self) -> dict[str, str]:
         if self._bearer_token_file is not None:
-            return {"Authorization": f"Bearer {_read_secret(self._bearer_token_file, 'bearer token')}"}
+            return {"Authorization": f"Bearer {read_secret(self._bearer_token_file, 'bearer token')}"}
         if self._username is not None and self._password_file is not None:
-            password = _read_secret(self._password_file, "password")
+            password = read_secret(self._password_file, "password")
             token = base64.b64encode(f"{self._username}:{password}".encode()).decode()
             return {"Authorization": f"Basic {token}"}
         return {}

@@ -15,16 +15,16 @@ import redis.exceptions
 
 from autoscaler.config import RedisQueue
 from autoscaler.engine.ports import SourceError
-from autoscaler.sources.prometheus import short
+from autoscaler.sources.prometheus import read_secret, short
 
 
 def _password(path: Path | None, where: str) -> str | None:
     if path is None:
         return None
     try:
-        return path.read_text().strip()
-    except OSError as exc:
-        raise SourceError(f"{where}: cannot read the password file {str(path)!r} ({exc.strerror or exc})") from exc
+        return read_secret(path, "password")
+    except SourceError as exc:
+        raise SourceError(f"{where}: {exc}") from exc
 
 
 class RedisMetric:

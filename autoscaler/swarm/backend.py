@@ -32,7 +32,6 @@ import requests.exceptions
 from docker.types import (
     ContainerSpec,
     EndpointSpec,
-    Healthcheck,
     Mount,
     Placement,
     Resources,
@@ -58,6 +57,7 @@ from autoscaler.docker.labels import (
 )
 from autoscaler.docker.loadbalancer import LB_ADMIN_DIR, LB_CLIENT_PORT, LB_METRICS_PORT, AdminMount, lb_environment, lb_name
 from autoscaler.docker.networks import DockerNetworks
+from autoscaler.docker.template import healthcheck_body
 from autoscaler.engine.ports import (
     BackendError,
     ExitReport,
@@ -236,11 +236,7 @@ class SwarmServices:
                   LABEL_VERSION: spec.version}
         if spec.port is not None:
             labels[LABEL_PORT] = str(spec.port)
-        check = spec.healthcheck
-        healthcheck = None if check is None else Healthcheck(
-            test=list(check.test), interval=int(check.interval_seconds * 1e9), timeout=int(check.timeout_seconds * 1e9),
-            retries=check.retries, start_period=int(check.start_period_seconds * 1e9),
-        )
+        healthcheck = None if spec.healthcheck is None else healthcheck_body(spec.healthcheck)
         # The task keeps serving its drained requests after Swarm's stop signal (sent 2 s after
         # its DNS record is gone): the grace period covers the whole drain.
         grace_ns = int((stop_grace_seconds + SWARM_STOP_DELAY_SECONDS + 5) * 1e9)
@@ -338,11 +334,8 @@ class SwarmServices:
                 container.pop("Args", None)
             container["Env"] = [f"{k}={v}" for k, v in spec.env.items()]
             container["Labels"] = {**(container.get("Labels") or {}), LABEL_VERSION: spec.version}
-            check = spec.healthcheck
-            if check is not None:
-                container["Healthcheck"] = {"Test": list(check.test), "Interval": int(check.interval_seconds * 1e9),
-                                            "Timeout": int(check.timeout_seconds * 1e9), "Retries": check.retries,
-                                            "StartPeriod": int(check.start_period_seconds * 1e9)}
+            if spec.healthcheck is not None:
+                container["Healthcheck"] = healthcheck_body(spec.healthcheck)
             else:
                 container.pop("Healthcheck", None)
             update = service_spec.setdefault("UpdateConfig", {})
