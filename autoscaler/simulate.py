@@ -19,10 +19,12 @@ import io
 import math
 import operator
 import os
+import pickle
+import signal
 import stat
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import islice, repeat
@@ -31,8 +33,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from autoscaler.config import MAX_METRIC_VALUE, MAX_WINDOW_SECONDS, PolicyConfig, ServiceConfig
-from autoscaler.model import ExternalReading, History, ReplicaSample, ServiceSnapshot
-from autoscaler.policy.evaluate import evaluate, plan_of, record_scale
+from autoscaler.model import ExternalReading, History, ReplicaSample, ServiceSnapshot, TimedValue
+from autoscaler.policy.evaluate import PolicyPlan, evaluate, plan_of, record_scale
 from autoscaler.policy.schedule import ScheduledBounds
 
 # cpu_cores may be left out when the trace has a column of one of the service's external metrics.
@@ -334,9 +336,13 @@ TIMELINE_HEADER = (
 )
 
 
+# time_seconds, demand_cpu_cores, ready_replicas, desired_replicas, cpu_utilization_percent, reason
+Row = tuple[float, float, int, int, float, str]
+
+
 @dataclass
 class Result:
-    rows: list[tuple[float, float, int, int, float, str]]
+    rows: list[Row]
     summary: Summary
     notes: list[str] = field(default_factory=list)
     # External metric name -> the value the policy read at each step (the timeline's last columns).
@@ -358,57 +364,132 @@ def simulate(
     interval_seconds: float,
     startup_seconds: float = 0.0,
     start: datetime = DEFAULT_START,
+    workers: int = 1,
 ) -> Result:
+    """The replay of `trace`. workers=2 runs a long replay in two halves side by side (see
+    _replay_in_halves); the result is the same as with workers=1, row for row."""
     with _collector_paused():
-        return _replay(trace, service_name, service, interval_seconds, startup_seconds, start)
+        policy, notes = policy_for_trace(service, trace)
+        steps = replay_steps(trace, interval_seconds, start)
+        setup = _setup(trace, service_name, service, policy, interval_seconds, startup_seconds, start, steps)
+        if workers > 1 and steps >= PARALLEL_MIN_STEPS and hasattr(os, "fork"):
+            rows, _ = _replay_in_halves(setup, steps)
+        else:
+            rows = _run(setup, 0, steps, *_initial_state(setup)).rows
+        return Result(rows, _summary(rows, setup, interval_seconds), notes, setup.external)
 
 
-def _replay(
+@dataclass(frozen=True)
+class _Setup:
+    """What every step of a replay reads and none changes: the plan, the limits, and each step's
+    time and demand, worked out once for the whole replay."""
+
+    service_name: str
+    interval_seconds: float
+    plan: PolicyPlan
+    schedule: ScheduledBounds
+    min_replicas: int
+    cpu_limit: float
+    memory_limit: float
+    initialization_seconds: float
+    startup_seconds: float
+    start_seconds: float  # the wall time of trace time 0
+    target_cpu_percent: float  # inf where the CPU target was switched off: no step is above it
+    ends: list[float]  # each step's time (the end of its interval)
+    cpu_demand: list[float]  # NaN at every step without a cpu_cores column
+    has_cpu: bool
+    memory_demand: list[float] | None
+    rps_demand: list[float] | None
+    # External metric name -> its value at each step, in the policy's order.
+    external: dict[str, list[float]]
+
+
+def _setup(
     trace: Trace,
     service_name: str,
     service: ServiceConfig,
+    policy: PolicyConfig,
     interval_seconds: float,
     startup_seconds: float,
     start: datetime,
-) -> Result:
-    policy, notes = policy_for_trace(service, trace)
-    plan = plan_of(policy)
-    initialization_seconds = policy.initialization_seconds
-    # None only where the CPU target was switched off: no step is then above it.
-    target = policy.target_cpu_percent if policy.target_cpu_percent is not None else math.inf
-    cpu_limit = service.cpu_limit
-    memory_limit = service.memory_limit
-    schedule = ScheduledBounds(service)
-    start_seconds = start.timestamp()
-
-    steps = replay_steps(trace, interval_seconds, start)
-
-    # Oldest first; the min_replicas replicas were running before the trace began (none for a
-    # service that scales to zero).
-    replicas = [_Replica(-math.inf, -math.inf)] * service.min_replicas
-    history = History()
-    # Plain locals, not Summary attributes, in the loop: this runs once per simulated step.
-    replica_steps = steps_above_target = scale_ups = scale_downs = 0
-    peak = 0.0
-    rows: list[tuple[float, float, int, int, float, str]] = []
+    steps: int,
+) -> _Setup:
     first = trace.times[0]
     ends = [first + step * interval_seconds for step in range(steps)]
-    has_cpu = trace.cpu_cores is not None
-    # Without a cpu_cores column there is no demand to show and no CPU reading (its target was
-    # dropped): NaN keeps the loop's arithmetic as it is, and the timeline leaves the field empty.
-    cpu_demand = (
-        step_means(trace.times, trace.cpu_cores, ends, interval_seconds) if trace.cpu_cores is not None
-        else [math.nan] * steps
-    )
-    # What the policy reads of each external metric at each step, in the policy's order.
-    external = {m.name: step_means(trace.times, trace.external[m.name], ends, interval_seconds) for m in policy.metrics}
-    external_means = list(external.items())
-    memory_demand = step_means(trace.times, trace.memory_bytes, ends, interval_seconds) if trace.memory_bytes else None
-    rps_demand = (
-        step_means(trace.times, trace.requests_per_second, ends, interval_seconds) if trace.requests_per_second else None
+    return _Setup(
+        service_name=service_name,
+        interval_seconds=interval_seconds,
+        plan=plan_of(policy),
+        schedule=ScheduledBounds(service),
+        min_replicas=service.min_replicas,
+        cpu_limit=service.cpu_limit,
+        memory_limit=service.memory_limit,
+        initialization_seconds=policy.initialization_seconds,
+        startup_seconds=startup_seconds,
+        start_seconds=start.timestamp(),
+        target_cpu_percent=policy.target_cpu_percent if policy.target_cpu_percent is not None else math.inf,
+        ends=ends,
+        # Without a cpu_cores column there is no demand to show and no CPU reading (its target
+        # was dropped): NaN keeps the step's arithmetic as it is, and the timeline leaves the
+        # field empty.
+        cpu_demand=(
+            step_means(trace.times, trace.cpu_cores, ends, interval_seconds) if trace.cpu_cores is not None
+            else [math.nan] * steps
+        ),
+        has_cpu=trace.cpu_cores is not None,
+        memory_demand=(
+            step_means(trace.times, trace.memory_bytes, ends, interval_seconds) if trace.memory_bytes else None
+        ),
+        rps_demand=(
+            step_means(trace.times, trace.requests_per_second, ends, interval_seconds)
+            if trace.requests_per_second else None
+        ),
+        external={
+            m.name: step_means(trace.times, trace.external[m.name], ends, interval_seconds) for m in policy.metrics
+        },
     )
 
-    for step, now in enumerate(ends):
+
+def _initial_state(setup: _Setup) -> tuple[list[_Replica], History]:
+    """The min_replicas replicas running since before the trace began (none for a service that
+    scales to zero), and no history."""
+    return [_Replica(-math.inf, -math.inf)] * setup.min_replicas, History()
+
+
+class _Run(NamedTuple):
+    rows: list[Row]
+    replicas: list[_Replica]
+    history: History
+    # Step -> _state_key after it, for the steps asked for.
+    keys: dict[int, tuple[object, ...]]
+
+
+def _run(
+    setup: _Setup,
+    first_step: int,
+    stop_step: int,
+    replicas: list[_Replica],
+    history: History,
+    key_steps: Collection[int] = (),
+) -> _Run:
+    """Steps first_step .. stop_step - 1 from the state (replicas, history), which the run
+    changes. Its rows, its last state, and the state keys after the steps in key_steps."""
+    service_name = setup.service_name
+    plan = setup.plan
+    initialization_seconds = setup.initialization_seconds
+    startup_seconds = setup.startup_seconds
+    cpu_limit, memory_limit = setup.cpu_limit, setup.memory_limit
+    cpu_demand, memory_demand, rps_demand = setup.cpu_demand, setup.memory_demand, setup.rps_demand
+    has_cpu = setup.has_cpu
+    external_means = list(setup.external.items())
+    schedule = setup.schedule
+    start_seconds = setup.start_seconds
+    ends = setup.ends
+    keys: dict[int, tuple[object, ...]] = {}
+    rows: list[Row] = []
+
+    for step in range(first_step, stop_step):
+        now = ends[step]
         demand = cpu_demand[step]
         # Replicas are started in order, so the ones still starting are a suffix of the list,
         # and among the ready ones those still initializing (CPU ignored) are a suffix too.
@@ -443,33 +524,169 @@ def _replay(
         current, desired = decision.current, decision.desired
         if desired > current:
             replicas.extend([_Replica(now, now + startup_seconds)] * (desired - current))
-            scale_ups += 1
             history = record_scale(history, now, current, desired)
         elif desired < current:
             # Newest first: replicas still starting go before ones that serve.
             del replicas[desired:]
-            scale_downs += 1
             history = record_scale(history, now, current, desired)
-
-        replica_steps += len(replicas)
-        if n_ready:
-            if cpu > target:
-                steps_above_target += 1
-            if cpu > peak:
-                peak = cpu
         rows.append((now, demand, n_ready, desired, cpu, decision.reason))
+        if step in key_steps:
+            keys[step] = _state_key(setup, replicas, history, now)
+    return _Run(rows, replicas, history, keys)
 
-    summary = Summary(
-        steps=steps,
-        simulated_seconds=steps * interval_seconds,
-        replica_seconds=replica_steps * interval_seconds,
-        seconds_above_target=steps_above_target * interval_seconds,
-        peak_utilization_percent=peak,
-        scale_ups=scale_ups,
-        scale_downs=scale_downs,
-        reasons=dict(Counter(row[5] for row in rows)),
+
+def _state_key(setup: _Setup, replicas: list[_Replica], history: History, now: float) -> tuple[object, ...]:
+    """Everything a replay's later steps can read of its state at `now`: two states with equal
+    keys give the same rows from here on, whatever came before.
+
+    A replica ready and past its initialization stays so (time only moves on), and the policy
+    never tells such replicas apart: only their number counts. They are the oldest, a prefix of
+    the list; the rest are kept as they are. Of the history, the policy reads only entries newer
+    than `now` less its longest window or rate period (later steps look even less far back),
+    and of the failure streak only whether it reached failure_threshold: past it, the count
+    shows only in messages, which a replay does not keep.
+    """
+    settled = 0
+    for replica in replicas:
+        if replica.ready_at > now or now - replica.created_at < setup.initialization_seconds:
+            break
+        settled += 1
+    cutoff = now - setup.plan.history_span_seconds
+
+    def recent(entries: Iterable[TimedValue]) -> tuple[TimedValue, ...]:
+        return tuple(entry for entry in entries if entry.at_seconds > cutoff)
+
+    return (
+        settled,
+        tuple(replicas[settled:]),
+        recent(history.recommendations),
+        recent(history.scale_up_events),
+        recent(history.scale_down_events),
+        min(history.consecutive_failures, setup.plan.config.failure_threshold),
+        history.last_active_seconds,
     )
-    return Result(rows, summary, notes, external)
+
+
+# A replay at least this long runs in two halves with workers=2: a second process costs about
+# 20 ms to start and the halves' rows a few hundred ms to hand over, which a shorter one would
+# not win back.
+PARALLEL_MIN_STEPS = 100_000
+# The second half starts this many steps early, from no history, so that its state has forgotten
+# that start by the time the first half reaches it (at least an hour at 1 s, and 8 of the
+# policy's longest windows).
+_WARMUP_MIN_STEPS = 3_600
+_WARMUP_SPANS = 8
+# Where the halves' states are compared: every span of the policy's history, 256 times at most.
+_MAX_CHECKPOINTS = 256
+
+
+def _replay_in_halves(setup: _Setup, steps: int) -> tuple[list[Row], int | None]:
+    """The replay in two processes side by side, with the rows of a sequential one, and the
+    first step whose row came from the child (None: none did).
+
+    A forked child replays the second half from a few hours before it, from the initial state,
+    and sends back its rows and its state keys at checkpoints. Meanwhile this process replays
+    the first half. The child's rows are kept only from a checkpoint where both states have the
+    same key (_state_key): from there the steps are the same function of the same state. Where
+    no checkpoint matches (a load that never moves the count past where the child guessed it),
+    or the child failed, this process replays the rest itself: the time of a sequential replay,
+    never a different result.
+    """
+    interval_seconds = setup.interval_seconds
+    span_steps = max(1, math.ceil(setup.plan.history_span_seconds / interval_seconds))
+    warmup = min(steps // 4, max(_WARMUP_MIN_STEPS, _WARMUP_SPANS * span_steps))
+    # Each side does about the same number of steps: the child its half and the warm-up.
+    split = (steps + warmup) // 2
+    checkpoints = range(split - 1, steps - 1, span_steps)[:_MAX_CHECKPOINTS]
+    child = _Child.start(setup, split - warmup, steps, split, frozenset(checkpoints))
+    try:
+        replicas, history = _initial_state(setup)
+        first = _run(setup, 0, split, replicas, history)
+        rows, replicas, history = first.rows, first.replicas, first.history
+        keys, child_rows = child.result()
+    finally:
+        child.close()
+    done = split  # rows holds steps 0 .. done - 1
+    for checkpoint in checkpoints:
+        if checkpoint not in keys:
+            break
+        more = _run(setup, done, checkpoint + 1, replicas, history)
+        rows += more.rows
+        replicas, history, done = more.replicas, more.history, checkpoint + 1
+        if _state_key(setup, replicas, history, setup.ends[checkpoint]) == keys[checkpoint]:
+            rows += child_rows[done - split :]
+            return rows, done
+    rows += _run(setup, done, steps, replicas, history).rows
+    return rows, None
+
+
+@dataclass
+class _Child:
+    """A forked process running steps first_step .. stop_step - 1 from the initial state; it
+    sends (the state keys at key_steps, its rows from send_from on) through a pipe."""
+
+    pid: int
+    reader: int  # the pipe's end in this process
+
+    @classmethod
+    def start(cls, setup: _Setup, first_step: int, stop_step: int, send_from: int, key_steps: frozenset[int]) -> _Child:
+        reader, writer = os.pipe()
+        pid = os.fork()
+        if pid:
+            os.close(writer)
+            return cls(pid, reader)
+        # The child: whatever happens, it leaves through os._exit, so that it neither flushes
+        # the parent's buffered output nor runs its exit handlers.
+        code = 1
+        try:
+            os.close(reader)
+            run = _run(setup, first_step, stop_step, *_initial_state(setup), key_steps)
+            with os.fdopen(writer, "wb") as out:
+                pickle.dump((run.keys, run.rows[send_from - first_step :]), out, pickle.HIGHEST_PROTOCOL)
+            code = 0
+        finally:
+            os._exit(code)
+
+    def result(self) -> tuple[dict[int, tuple[object, ...]], list[Row]]:
+        """What the child sent; nothing (no checkpoint, no rows) if it failed."""
+        try:
+            with os.fdopen(self.reader, "rb") as source:
+                self.reader = -1
+                keys, rows = pickle.load(source)
+        except (EOFError, pickle.UnpicklingError, ValueError):
+            return {}, []
+        return keys, rows
+
+    def close(self) -> None:
+        """Stops the child if it still runs (this process was interrupted) and reaps it."""
+        if self.reader >= 0:
+            os.close(self.reader)
+            self.reader = -1
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(self.pid, 0)
+
+
+def _summary(rows: list[Row], setup: _Setup, interval_seconds: float) -> Summary:
+    """The replay's totals, from its rows: after a step the service has `desired` replicas, and
+    the count before a step is the one after the step before (min_replicas at first)."""
+    desired = list(map(operator.itemgetter(3), rows))
+    before = [setup.min_replicas, *islice(desired, len(desired) - 1)]
+    cpu = list(map(operator.itemgetter(4), rows))  # NaN where no replica was ready
+    target = setup.target_cpu_percent
+    return Summary(
+        steps=len(rows),
+        simulated_seconds=len(rows) * interval_seconds,
+        replica_seconds=sum(desired) * interval_seconds,
+        # target < NaN is false: a step with no replica ready is never above the target.
+        seconds_above_target=sum(map(target.__lt__, cpu)) * interval_seconds,
+        peak_utilization_percent=max([value for value in cpu if value > 0.0], default=0.0),
+        scale_ups=sum(map(operator.gt, desired, before)),
+        scale_downs=sum(map(operator.lt, desired, before)),
+        reasons=dict(Counter(map(operator.itemgetter(5), rows))),
+    )
 
 
 @contextmanager
@@ -591,7 +808,7 @@ def _number(value: float, form: str) -> str:
 
 
 def _rows_with_external(
-    rows: list[tuple[float, float, int, int, float, str]], fields: dict[str, str], columns: list[list[float]]
+    rows: list[Row], fields: dict[str, str], columns: list[list[float]]
 ) -> Iterator[str]:
     """Timeline lines with the external metrics' values after the reason. Slower than the
     one-format rows, and only for replays with external metrics; the demand is empty where the
