@@ -584,8 +584,8 @@ def _replay_in_halves(setup: _Setup, steps: int) -> tuple[list[Row], int | None]
     """The replay in two processes side by side, with the rows of a sequential one, and the
     first step whose row came from the child (None: none did).
 
-    A forked child replays the second half from a few hours before it, from the initial state,
-    and sends back its rows and its state keys at checkpoints. Meanwhile this process replays
+    A forked child replays the second half from a warm-up before it (at least an hour at 1 s),
+    from the initial state, and sends back its rows and its state keys at checkpoints. Meanwhile this process replays
     the first half. The child's rows are kept only from a checkpoint where both states have the
     same key (_state_key): from there the steps are the same function of the same state. Where
     no checkpoint matches (a load that never moves the count past where the child guessed it),
@@ -675,13 +675,12 @@ def _summary(rows: list[Row], setup: _Setup, interval_seconds: float) -> Summary
     desired = list(map(operator.itemgetter(3), rows))
     before = [setup.min_replicas, *islice(desired, len(desired) - 1)]
     cpu = list(map(operator.itemgetter(4), rows))  # NaN where no replica was ready
-    target = setup.target_cpu_percent
     return Summary(
         steps=len(rows),
         simulated_seconds=len(rows) * interval_seconds,
         replica_seconds=sum(desired) * interval_seconds,
-        # target < NaN is false: a step with no replica ready is never above the target.
-        seconds_above_target=sum(map(target.__lt__, cpu)) * interval_seconds,
+        # NaN > target is false: a step with no replica ready is never above the target.
+        seconds_above_target=sum(map(operator.gt, cpu, repeat(setup.target_cpu_percent))) * interval_seconds,
         peak_utilization_percent=max([value for value in cpu if value > 0.0], default=0.0),
         scale_ups=sum(map(operator.gt, desired, before)),
         scale_downs=sum(map(operator.lt, desired, before)),

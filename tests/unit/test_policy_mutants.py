@@ -8,14 +8,16 @@ tests/unit/MUTANTS.md instead.
 from __future__ import annotations
 
 import math
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from autoscaler.config import MAX_REPLICAS, PolicyConfig, ScalingBehavior, ServiceConfig
-from autoscaler.model import Bounds, History, Metric, ReplicaSample, ServiceSnapshot, TimedValue
+from autoscaler.config import MAX_REPLICAS, ExternalMetric, PolicyConfig, ScalingBehavior, ServiceConfig
+from autoscaler.model import Bounds, ExternalReading, History, Metric, ReplicaSample, ServiceSnapshot, TimedValue
 from autoscaler.policy.behavior import Behavior, Limited, Rule, limit_rate, scale_down_limit, scale_up_limit
 from autoscaler.policy.evaluate import evaluate
-from autoscaler.policy.schedule import ScheduledBounds
+from autoscaler.policy.schedule import ScheduledBounds, crontab_trigger
 from autoscaler.policy.target import Step, Tolerance, apply_adjustment, target_tracking
 
 NOW = 10_000.0
@@ -277,3 +279,87 @@ def test_a_window_that_never_opens_leaves_the_service_bounds() -> None:
     bounds = ScheduledBounds(config)
     assert bounds.at_timestamp(1_800_000_000.0) == Bounds(1, 10)
     assert bounds.at_timestamp(1_900_000_000.0) == Bounds(1, 10)
+
+
+# --- a service at 0 replicas (scale to zero) ---------------------------------------------------
+
+_QUEUE = {"url": "redis://redis:6379/0", "list": "jobs"}
+
+
+def _at_zero_policy(fallback: int | None = None) -> PolicyConfig:
+    metrics = [
+        ExternalMetric.model_validate({"name": name, "redis": _QUEUE, "target_average_value": 5, "activation": 2})
+        for name in ("jobs", "late")
+    ]
+    keys: dict[str, object] = {"target_cpu_percent": 50, "metrics": metrics, "failure_threshold": 2}
+    if fallback is not None:
+        keys["fallback_replicas"] = fallback
+    return PolicyConfig.model_validate(keys)
+
+
+def _at_zero(jobs: float | None, late: float | None) -> ServiceSnapshot:
+    readings = tuple(
+        ExternalReading(name, value, None if value is not None else f"{name} source down")
+        for name, value in (("jobs", jobs), ("late", late))
+    )
+    return ServiceSnapshot("worker", (), external=readings)
+
+
+# A history with something in every field, which a decision at 0 must carry on.
+_KEPT = History(
+    recommendations=(TimedValue(NOW - 30, 2),),
+    scale_up_events=(TimedValue(NOW - 40, 1),),
+    scale_down_events=(TimedValue(NOW - 20, 1),),
+    consecutive_failures=1,
+    last_active_seconds=NOW - 50,
+)
+
+
+@pytest.mark.parametrize(
+    ("fallback", "jobs", "late", "desired", "reason", "recommendation", "failures"),
+    [
+        # A metric above its activation value (2) wakes the service: 0 -> 1, recommended 1.
+        (None, 3.0, 0.0, 1, "activation", 1, 0),
+        # Every metric at or below its activation: stays at 0, nothing recommended.
+        (None, 2.0, 0.0, 0, "inactive", None, 0),
+        # A source that fails, the streak (1 + 1) at failure_threshold 2, no fallback: holds 0.
+        (None, None, 0.0, 0, "metrics_unavailable", None, 2),
+        # The same with fallback_replicas 1: the fallback's count, recommended as such (a
+        # fallback of 1 is a count to go to, not "none").
+        (1, None, 0.0, 1, "fallback", 1, 2),
+        (3, None, None, 3, "fallback", 3, 2),
+    ],
+    ids=["activation", "inactive", "failing-source-holds", "fallback-of-one", "fallback-of-three"],
+)
+def test_a_decision_at_zero_names_its_service_and_keeps_the_history(
+    fallback: int | None, jobs: float | None, late: float | None, desired: int, reason: str,
+    recommendation: int | None, failures: int,
+) -> None:
+    decision, history = evaluate(_at_zero(jobs, late), _at_zero_policy(fallback), Bounds(0, 8), _KEPT, NOW)
+    assert (decision.service, decision.current, decision.desired, decision.reason) == ("worker", 0, desired, reason)
+    assert decision.recommendation == recommendation
+    # The windows' recommendations and the rate rules' events are carried over untouched; the
+    # failure streak is counted; the service was active now if a metric was above or unknown.
+    last_active = NOW if reason != "inactive" else _KEPT.last_active_seconds
+    assert history == History(
+        _KEPT.recommendations, _KEPT.scale_up_events, _KEPT.scale_down_events, failures, last_active
+    )
+
+
+def test_at_zero_every_failing_source_is_named_in_the_message() -> None:
+    decision, _ = evaluate(_at_zero(None, None), _at_zero_policy(), Bounds(0, 8), History(), NOW)
+    assert decision.message == (
+        "metrics failed 1 cycles in a row (jobs: jobs source down; late: late source down): holding 0"
+    )
+
+
+# --- the schedule's crontab ---------------------------------------------------------------------
+
+
+def test_a_crontab_trigger_fires_in_its_time_zone_with_crontab_weekdays() -> None:
+    # "0 8 * * 1" is Mondays at 08:00 in crontab (0 = Sunday), in the window's time zone.
+    trigger = crontab_trigger("0 8 * * 1", "Europe/Paris")
+    after = datetime(2026, 1, 3, 12, 0, tzinfo=timezone.utc)  # a Saturday
+    fire = trigger.get_next_fire_time(None, after)
+    assert fire == datetime(2026, 1, 5, 8, 0, tzinfo=ZoneInfo("Europe/Paris"))
+    assert fire.astimezone(timezone.utc) == datetime(2026, 1, 5, 7, 0, tzinfo=timezone.utc)
