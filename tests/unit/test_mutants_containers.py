@@ -15,18 +15,24 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from engine_fakes import FakeOperations, World, service_config
 from prometheus_client import CollectorRegistry
 
 from autoscaler.engine import backoff as bo
 from autoscaler.engine.containers import ContainerSet, Plan, plan
 from autoscaler.engine.health import ServiceHealth
-from autoscaler.engine.ports import BackendError, ContainerTemplate, ExitReport, Replica, ReplicaSpec
+from autoscaler.engine.ports import (
+    BackendError,
+    ContainerTemplate,
+    ExitReport,
+    Replica,
+    ReplicaSpec,
+)
 from autoscaler.engine.replicas import ReplicaView, Tracked
 from autoscaler.engine.state import Context, LeaseLost, Rollout, ServiceState
 from autoscaler.engine.target import replica_spec
-from autoscaler.model import Decision, History, TimedValue
+from autoscaler.model import Decision, TimedValue
 from autoscaler.telemetry import Telemetry
-from engine_fakes import FakeOperations, World, service_config
 
 SERVICE = "web"
 NET = "net"
@@ -289,8 +295,8 @@ def test_a_replica_created_and_never_started_fails_after_the_startup_timeout(
     tracked = Tracked("id-web-1", h.now - seen_ago, WALL - 100)
     assert h.target.triage(h.config, _replica(state=state), tracked, h.now, True) == expected
     if expected[0] == "gone":
-        assert lines(caplog) == [(logging.WARNING, "replica web-1 failed to start (never_started): created but "
-                                  "never started for 10s; next start in 1s (failure 1 in a row)")]
+        assert lines(caplog) == [(logging.WARNING, ("replica web-1 failed to start (never_started): created but "
+                                  "never started for 10s; next start in 1s (failure 1 in a row)"))]
         assert h.released == [("web-1", h.now)]
         assert h.runtime.of("remove_replica") == [(SERVICE, "id-web-1", 10, True)]
         assert tracked.failed is True
@@ -302,13 +308,13 @@ def test_a_replica_created_and_never_started_fails_after_the_startup_timeout(
     ("exit_report", "ready", "message"),
     [
         (ExitReport(3, False, "", ()), False,
-         "replica web-1 failed to start (exited): exited: exit code 3, OOM killed: no; next start in 1s "
-         "(failure 1 in a row)"),
+         ("replica web-1 failed to start (exited): exited: exit code 3, OOM killed: no; next start in 1s "
+         "(failure 1 in a row)")),
         (ExitReport(3, False, "", ()), True,
          "replica web-1 failed (crashed): exited: exit code 3, OOM killed: no; next start in 1s (failure 1 in a row)"),
         (BackendError("container_inspect", SERVICE, "no such container"), False,
-         "replica web-1 failed to start (exited): exited: exit code unknown, OOM killed: no, error: unreadable: "
-         "docker container_inspect for service 'web': no such container; next start in 1s (failure 1 in a row)"),
+         ("replica web-1 failed to start (exited): exited: exit code unknown, OOM killed: no, error: unreadable: "
+         "docker container_inspect for service 'web': no such container; next start in 1s (failure 1 in a row)")),
     ],
     ids=["never-ready", "served-then-crashed", "report-unreadable"],
 )
@@ -341,14 +347,15 @@ def test_a_failed_start_of_a_scale_up_gives_the_scale_up_back() -> None:
 
 
 def test_an_unhealthy_replica_is_taken_out_removed_and_reported(caplog: pytest.LogCaptureFixture) -> None:
+    # Out of the load balancer first, then killed (it serves nobody), with the check that failed.
     h = Harness()
     tracked = Tracked("id-web-1", 0.0, WALL - 100, ready_since=50.0)
     assert h.target.unhealthy(h.config, _replica(state="running"), tracked, None, h.now, "check L4CON") is None
     assert h.released == [("web-1", h.now)]
     assert h.runtime.of("remove_replica") == [(SERVICE, "id-web-1", 10, True)]
     assert h.state.in_flight.removing("web-1")
-    assert lines(caplog) == [(logging.WARNING, "replica web-1 failed (unhealthy): not healthy for 10s (check L4CON); "
-                              "next start in 1s (failure 1 in a row)")]
+    assert lines(caplog) == [(logging.WARNING, ("replica web-1 failed (unhealthy): not healthy for 10s (check L4CON); "
+                              "next start in 1s (failure 1 in a row)"))]
 
 
 # --- removals --------------------------------------------------------------------------------------
@@ -369,6 +376,7 @@ def test_a_scale_in_removal_stops_the_replica_and_says_how(
 
 
 def test_a_drained_replica_is_stopped_with_its_stop_signal(caplog: pytest.LogCaptureFixture) -> None:
+    # Its connections are done: a graceful stop, not a kill, and the line says why it goes.
     h = Harness()
     h.target.drained(h.config, "web-1", Tracked("id-web-1", 0.0, WALL - 100))
     assert h.runtime.of("remove_replica") == [(SERVICE, "id-web-1", 10, False)]
@@ -401,6 +409,7 @@ def test_a_removal_that_failed_is_logged_by_how_it_failed(
 
 
 def test_a_removal_that_worked_is_not_logged_again(caplog: pytest.LogCaptureFixture) -> None:
+    # Only a removal that failed is news when its outcome comes in.
     h = Harness()
     h.target.remove(h.config, view("web-1"), Tracked("id-web-1", 0.0, WALL - 100), force=True)
     caplog.clear()
@@ -434,6 +443,7 @@ def test_starts_held_back_by_the_backoff_are_logged_once(
 
 
 def test_no_backoff_line_when_nothing_is_held_back(caplog: pytest.LogCaptureFixture) -> None:
+    # A backoff that holds nothing back (the count is there) is not news.
     h = Harness()
     h.state.backoff = bo.Backoff(3, retry_at=h.now + 5, last_failure_at=h.now - 1, reason="replica web-1 exited")
     h.converge([view("web-1")])
@@ -459,6 +469,8 @@ def test_a_new_backoff_after_the_last_one_ended_is_logged_again(
 
 
 def test_the_backoff_is_reset_after_a_healthy_period_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    # As CrashLoopBackOff: failures are forgotten after backoff_max_seconds healthy, and the
+    # operator who saw the backoff lines sees it end.
     h = Harness()
     h.state.backoff = bo.Backoff(2, retry_at=0.0, last_failure_at=0.0, recovered_at=h.now - 60, reason="x")
     h.converge()
@@ -494,6 +506,8 @@ def test_the_backoff_probe_waits_for_a_replica_of_ours_still_starting() -> None:
 
 
 def test_the_tag_is_checked_every_pull_check_seconds_from_what_replicas_are_made_of() -> None:
+    # pull = "always": the registry is asked again every pull_check_seconds (not every pass),
+    # for the image replicas are made from (here a template's).
     h = Harness(image=None, template={"container": "shop_web_1"}, pull="always")
     h.state.template = TEMPLATE
     h.runtime.check_results = [(None, DIGEST_A)] * 3
@@ -505,12 +519,14 @@ def test_the_tag_is_checked_every_pull_check_seconds_from_what_replicas_are_made
 
 @pytest.mark.parametrize(("pull", "dry_run"), [("missing", False), ("never", False), ("always", True)])
 def test_no_tag_check_unless_pull_is_always_and_changes_are_made(pull: str, dry_run: bool) -> None:
+    # Another pull policy never pulls a tag again; a dry run changes nothing, pulls included.
     h = Harness(pull=pull, dry_run=dry_run)
     h.converge()
     assert h.runtime.of("check_image") == [] and not h.ops.busy()
 
 
 def test_a_check_still_running_is_not_asked_for_again() -> None:
+    # A slow registry does not pile up pulls of the same tag.
     h = Harness(pull="always", auto=False)
     h.converge()
     h.now += 120
@@ -546,6 +562,8 @@ def test_a_new_digest_behind_the_tag_is_rolled_out(caplog: pytest.LogCaptureFixt
 def test_a_tag_that_did_not_move_changes_nothing(
     before: str | None, after: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # The first pull of a tag (nothing pinned before) or the same digest again is no new
+    # version: nothing is rolled.
     h = Harness(pull="always")
     h.runtime.check_results = [(before, after)]
     h.converge()
@@ -557,6 +575,8 @@ def test_a_tag_that_did_not_move_changes_nothing(
 
 
 def test_a_check_that_failed_is_a_warning_once_until_a_check_works(caplog: pytest.LogCaptureFixture) -> None:
+    # A registry that stays down is one warning, not one per check; down again after a check
+    # that worked is news again.
     h = Harness(pull="always")
     down = BackendError("image_pull", SERVICE, "registry down")
     h.runtime.check_results = [down, down, (DIGEST_A, DIGEST_A), down]
@@ -625,7 +645,9 @@ def test_a_rollout_is_done_when_no_replica_of_another_version_is_left(caplog: py
 
 
 def test_a_failure_after_the_rollout_is_done_rolls_nothing_back() -> None:
-    h, v1, old = _rolling_harness(rollout={"failure_threshold": 1})
+    # Once every replica is of the new version there is nothing to roll back to: a failure is
+    # only a failure.
+    h, _v1, old = _rolling_harness(rollout={"failure_threshold": 1})
     v2 = h.spec()
     h.converge(old)
     h.converge([view("web-n1", version=v2.version)])
@@ -705,6 +727,8 @@ def test_the_circuit_breaker_rolls_back_after_the_threshold_of_failed_new_replic
     ids=["an-old-replica-fails", "no-rollout-in-progress", "nothing-to-roll-back-to"],
 )
 def test_only_failures_of_the_version_rolled_out_count_toward_a_rollback(rollout: str, failing: str) -> None:
+    # The circuit breaker judges the new version, during its rollout, when there is an old one
+    # to go back to; an old replica that fails says nothing about the new one.
     h = Harness(rollout={"failure_threshold": 1})
     v1 = h.spec()
     h.config = service_config(env={"RELEASE": "2"}, rollout={"failure_threshold": 1})
@@ -750,6 +774,8 @@ def _tracked(*views: ReplicaView) -> dict[str, Tracked]:
 def test_a_rolling_step_retires_and_starts_what_it_may(
     views: list[ReplicaView], keep: int, surge: int, unavailable: int, start: int, retired: list[str]
 ) -> None:
+    # Never fewer than count_to_keep - max_unavailable replicas, never more new ones than the
+    # count to keep needs.
     step = plan(views, keep, 0, 0, bo.Backoff(), _tracked(*views), True, 10.0, "v2", surge, unavailable)
     assert (step.start, [v.replica.name for v in step.retire]) == (start, retired)
 
