@@ -276,6 +276,8 @@ def test_a_rolling_update_goes_out_with_the_services_spec_and_is_shown(world: Wo
 def test_a_rolling_update_that_cannot_start_is_said_once_and_tried_again(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # The orchestrator not answering holds the update back: one warning names the version and
+    # the error, and the next pass tries again.
     orchestrator = strict(world, [A, B])
     orchestrator.version = "old"
     orchestrator.version_error = "service inspect timed out"
@@ -395,6 +397,7 @@ def test_a_task_stopped_by_the_orchestrator_is_no_failure(world: World) -> None:
 
 
 def test_a_task_that_fails_without_oom_is_a_task_failure(world: World) -> None:
+    # The reason label says what happened: only an OOM kill is "oom_killed".
     strict(world, [A, B])
     controller = world.controller(orchestrated=True, min_replicas=2, max_replicas=2)
     world.run(controller, 2)
