@@ -323,7 +323,9 @@ class ContainerSet:
         previous = state.backoff
         state.backoff = bo.maybe_reset(state.backoff, now, config.backoff_max_seconds)
         if previous.active and not state.backoff.active:
-            self._ctx.note("healthy for %gs since the last failure: start backoff reset", config.backoff_max_seconds)
+            # Not a repair step (Context.note would take the number for a replica's name).
+            log.info("healthy for %gs since the last failure: start backoff reset", config.backoff_max_seconds,
+                     extra=self._ctx.extra())
         return list(step.retire)
 
     def remove(self, config: ServiceConfig, view: ReplicaView, tracked: Tracked, force: bool) -> None:

@@ -61,7 +61,11 @@ class OrchestratedCount:
         try:
             self._held = self._service.desired_count(self._ctx.name)
         except BackendError as exc:
-            self._ctx.once("scale", logging.WARNING, "cannot read the service's replica count: %s", exc)
+            # A topic of its own: "scale" is cleared by every pass that finds the count kept,
+            # which would say this again each pass of one outage.
+            self._ctx.once("count", logging.WARNING, "cannot read the service's replica count: %s", exc)
+        else:
+            self._ctx.health.notes.pop("count", None)  # readable again: a next outage is news
         self._roll_out(config)
 
     def _roll_out(self, config: ServiceConfig) -> None:
@@ -82,6 +86,8 @@ class OrchestratedCount:
                 self._service.roll_out(spec)
             state.rollout = Rollout(spec)
             self._rolled_for = config
+            # Gone out: a later update that cannot start is news again.
+            self._ctx.health.notes.pop("rollout", None)
         except BackendError as exc:
             self._ctx.once("rollout", logging.WARNING, "cannot roll out version %s yet: %s (trying again)",
                            spec.version, exc)

@@ -476,6 +476,9 @@ def test_the_backoff_is_reset_after_a_healthy_period_and_says_so(caplog: pytest.
     h.converge()
     assert h.state.backoff == bo.Backoff()
     assert lines(caplog) == [(logging.INFO, "healthy for 60s since the last failure: start backoff reset")]
+    # A line about the service, not about a replica (a JSON log once showed "replica": 60.0).
+    [line] = caplog.records
+    assert (getattr(line, "service", None), getattr(line, "replica", None)) == (SERVICE, None)
     h.converge()
     assert len(caplog.records) == 1, "said once, when it happens"
 

@@ -151,23 +151,28 @@ def test_a_count_that_cannot_be_read_at_first_sight_keeps_what_runs(world: World
 
 
 def test_an_unreadable_count_is_a_warning_and_the_pass_goes_on(world: World, caplog: pytest.LogCaptureFixture) -> None:
-    # The count is read each pass: when it cannot be, a warning says why and the pass goes on
-    # with the count read last (no scale on a guess). How often the line repeats is a bug (see
-    # tests/unit/mutants/orchestrated.md), not held here.
+    # The count is read each pass: when it cannot be, a warning says why, once per outage (not
+    # once per pass), and the pass goes on with the count read last (no scale on a guess).
     orchestrator = strict(world, [A, B])
     controller = world.controller(orchestrated=True, min_replicas=2, max_replicas=2)
     caplog.set_level(logging.INFO, logger="autoscaler.engine")
     world.run(controller, 1)
     orchestrator.count_error = "service inspect timed out"
 
-    decisions = world.run(controller, 2)
+    decisions = world.run(controller, 3)
 
-    line = records(caplog, "cannot read the service's replica count")[0]
+    [line] = records(caplog, "cannot read the service's replica count")
     assert line.getMessage() == "cannot read the service's replica count: " + str(
         BackendError("service_inspect", SERVICE, "service inspect timed out"))
     assert (line.levelno, getattr(line, "service", None)) == (logging.WARNING, SERVICE)
     assert all(d is not None and d.current == 2 for d in decisions)
     assert orchestrator.scales == []
+    # Readable again, then a second outage: said again.
+    orchestrator.count_error = None
+    world.run(controller, 1)
+    orchestrator.count_error = "service inspect timed out"
+    world.run(controller, 2)
+    assert len(records(caplog, "cannot read the service's replica count")) == 2
 
 
 def test_setting_the_count_is_logged_with_the_service(world: World, caplog: pytest.LogCaptureFixture) -> None:
@@ -297,6 +302,11 @@ def test_a_rolling_update_that_cannot_start_is_said_once_and_tried_again(
     orchestrator.version_error = None
     controller.run_cycle()
     assert orchestrator.rolled_out == [wanted], "tried again, with the version the line named"
+    # Once an update went out, the next one that cannot start (a reload) is news: said again.
+    orchestrator.version_error = "service inspect timed out"
+    controller.update_config(controller.config.model_copy(update={"env": {"APP_VERSION": "2"}}))
+    world.run(controller, 2)
+    assert len(records(caplog, "cannot roll out version")) == 2
 
 
 # --- the tasks Swarm marks for removal -------------------------------------------------------
