@@ -20,7 +20,6 @@ from autoscaler.engine.membership import DirectGate, Look, Membership, lb_spec
 from autoscaler.engine.ports import BackendError, BackendStat, LoadBalancerSpec, Replica, ServerStat
 from autoscaler.engine.replicas import ReplicaView, Tracked, Unhealthy
 from autoscaler.engine.state import Context, ServiceState
-from autoscaler.lb.haproxy import HAProxyError
 from engine_fakes import NETWORK, OLD, PASSED, PORT, SERVICE, World, name, service_config
 
 A, B = name("a"), name("b")
@@ -76,6 +75,12 @@ def server(world: World, r: Replica, admin: str = "READY", check: str = PASSED, 
     return world.lb.members[r.name].stat()
 
 
+def listen(caplog: pytest.LogCaptureFixture, level: int) -> None:
+    """From now on, the engine's records at `level` and above (none from before)."""
+    caplog.set_level(level, "autoscaler.engine")
+    caplog.clear()
+
+
 def records(caplog: pytest.LogCaptureFixture, level: int = logging.DEBUG) -> list[tuple[int, str, Any]]:
     """(level, message, replica field) of each engine record at `level` or above."""
     return [(r.levelno, r.getMessage(), getattr(r, "replica", "-")) for r in caplog.records
@@ -107,8 +112,9 @@ def test_the_load_balancer_is_made_from_the_services_config(world: World) -> Non
 def test_set_up_says_whether_the_load_balancer_was_adopted_or_created(
     world: World, caplog: pytest.LogCaptureFixture, lb_state: str | None, fresh: bool, word: str
 ) -> None:
+    # The first line an operator reads: which load balancer, and whether it was made just now.
     world.backend.lb_state = lb_state
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     assert Gate(world).membership.attach(service_config(), 0) is fresh
     assert records(caplog) == [(logging.INFO, f"ready: load balancer autoscaler-{SERVICE}-lb ({word})", "-")]
     assert_service_field(caplog)
@@ -117,8 +123,9 @@ def test_set_up_says_whether_the_load_balancer_was_adopted_or_created(
 def test_a_dry_run_adopts_the_running_load_balancer_and_creates_nothing(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # It only looks for the service's running one: nothing is created, started or removed.
     gate = Gate(world, dry_run=True)
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     assert gate.membership.attach(gate.config, 0) is False
     assert world.calls.entries == [("existing_load_balancer", SERVICE)]
     assert records(caplog) == [(logging.INFO, f"ready: load balancer autoscaler-{SERVICE}-lb (adopted)", "-")]
@@ -178,6 +185,7 @@ def test_a_gate_that_never_set_up_removes_no_load_balancer(world: World) -> None
 
 
 def test_a_look_shows_the_backends_stats(world: World) -> None:
+    # The backend's sessions and queue feed the policy's metrics; each server, its replica's view.
     gate = Gate(world).attach()
     r = world.adopt(A, sessions=4)
     look = gate.membership.look(gate.config, gate.now)
@@ -188,6 +196,8 @@ def test_a_look_shows_the_backends_stats(world: World) -> None:
 def test_a_load_balancer_brought_back_by_a_look_is_the_services_and_registers_every_replica_again(
     world: World, monkeypatch: Any
 ) -> None:
+    # A load balancer whose container vanished is made again from the service's own spec (its
+    # network, name and settings), and the new one knows no replica.
     gate = Gate(world).attach()
     created: list[LoadBalancerSpec] = []
     create = world.backend.create_load_balancer
@@ -223,6 +233,8 @@ def test_a_load_balancer_brought_back_by_a_look_is_the_services_and_registers_ev
 def test_a_started_replica_enters_the_load_balancer_at_once_only_when_it_can(
     world: World, r: Replica, lb_down: bool, registered: bool
 ) -> None:
+    # Registered in the same pass it started (no pass lost), but only with an address to send
+    # traffic to and a load balancer that answers; the next pass's step does the rest.
     gate = Gate(world).attach()
     if lb_down:
         gate.ctx.health.lb_down_since = world.clock.time()
@@ -236,14 +248,17 @@ def test_a_started_replica_enters_the_load_balancer_at_once_only_when_it_can(
 def test_a_replica_is_registered_at_its_address_and_port(
     world: World, replica_port: int | None, config_port: int, address: str
 ) -> None:
+    # Its own port label wins (the config's port may have changed since it was made); with
+    # health checks on, so that it serves only once its check passes.
     gate = Gate(world, port=config_port).attach()
     gate.membership.started(gate.config, replica(port=replica_port), tracked(world), gate.now)
     assert world.lb.members[A].address == address and world.lb.members[A].check_status == "INI"
 
 
 def test_registering_is_logged_with_the_address(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    # At debug: where the load balancer will send its traffic, for one looking into a replica.
     gate = Gate(world).attach()
-    caplog.set_level(logging.DEBUG, "autoscaler.engine")
+    listen(caplog, logging.DEBUG)
     gate.membership.started(gate.config, replica(), tracked(world), gate.now)
     assert records(caplog) == [(logging.DEBUG, f"registered replica {A} (10.0.0.7:{PORT}); waiting for its check", A)]
     assert_service_field(caplog)
@@ -271,7 +286,7 @@ def test_a_replica_that_serves_without_a_promotion_was_never_out_of_rotation(
     t, r = tracked(world), replica()
     gate.membership.started(gate.config, r, t, gate.now)
     world.lb.members[A].admin, world.lb.members[A].check_status = "READY", PASSED
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     assert gate.step(r, t) == ReplicaView(r, "ready", world.lb.members[A].stat())
     assert records(caplog) == [] and (t.ready_since, t.unhealthy_since) == (gate.now, None)
 
@@ -292,6 +307,7 @@ def test_a_replica_that_serves_without_a_promotion_was_never_out_of_rotation(
 def test_while_the_load_balancer_is_down_a_replica_keeps_what_was_last_known(
     world: World, fields: dict[str, float], state: str
 ) -> None:
+    # While HAProxy restarts, the counts (and so the policy) go on from what was known.
     gate = Gate(world).attach()
     r = replica()
     assert gate.step(r, tracked(world, **fields), Look(None, None, False)) == ReplicaView(r, state, None)
@@ -308,7 +324,7 @@ def test_a_replica_the_orchestrator_marks_for_removal_drains_first(
     stat = server(world, r, sessions=2)
     t = tracked(world, ready_since=1.0)
     gate.state.tracked[A] = t
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     if where == "step":
         assert gate.step(r, t, Look(None, {A: stat}, True)) == ReplicaView(r, "draining", stat)
     else:
@@ -321,6 +337,7 @@ def test_a_replica_the_orchestrator_marks_for_removal_drains_first(
 
 
 def test_a_replica_marked_for_removal_and_already_draining_is_not_drained_again(world: World) -> None:
+    # A second drain would push its deadline out at every pass.
     gate = Gate(world).attach()
     r = replica(leaving=True)
     stat = server(world, r, admin="DRAIN", sessions=2)
@@ -330,6 +347,7 @@ def test_a_replica_marked_for_removal_and_already_draining_is_not_drained_again(
 
 
 def test_a_dry_run_shows_a_draining_replica_and_touches_nothing(world: World) -> None:
+    # A drain left by an earlier run: shown as draining (with its sessions), neither timed nor finished.
     gate = Gate(world).attach()
     r = replica()
     stat = server(world, r, admin="DRAIN", sessions=0)
@@ -341,12 +359,13 @@ def test_a_dry_run_shows_a_draining_replica_and_touches_nothing(world: World) ->
 def test_a_draining_replica_with_sessions_keeps_draining_until_its_deadline(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # drain_timeout_seconds is what its sessions get, no less and no more; the one cut is a warning.
     gate = Gate(world).attach()
     r = replica()
     stat = server(world, r, admin="DRAIN", sessions=1)
     t = tracked(world, ready_since=1.0, drain_deadline=gate.now + DRAIN)
     assert gate.step(r, t) == ReplicaView(r, "draining", stat)
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     world.clock.advance(DRAIN)  # at the deadline exactly: closed
     assert gate.step(r, t) == "drained"
     assert world.lb.sessions_at_delete == {A: 1}, "its last session was closed"
@@ -355,6 +374,7 @@ def test_a_draining_replica_with_sessions_keeps_draining_until_its_deadline(
 
 
 def test_progress_closes_a_drain_at_its_deadline(world: World) -> None:
+    # Between passes too: a drain ends at its deadline, not at the next pass.
     gate = Gate(world).attach()
     r = replica()
     server(world, r, admin="DRAIN", sessions=2)
@@ -366,8 +386,9 @@ def test_progress_closes_a_drain_at_its_deadline(world: World) -> None:
 
 
 def test_a_draining_replica_whose_server_is_gone_is_drained(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    # Nothing left to close (no session cut, no warning): the target stops the replica.
     gate = Gate(world).attach()
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     t = tracked(world, ready_since=1.0, drain_deadline=gate.now + DRAIN)
     assert gate.step(replica(), t, Look(None, {}, True)) == "drained"
     assert "delete_server" not in world.calls.ops() and records(caplog) == []
@@ -391,7 +412,7 @@ def test_a_drain_whose_delete_fails_is_finished_at_a_later_step(world: World, ca
     r = replica()
     look = Look(None, {A: server(world, r, admin="DRAIN", sessions=0)}, True)
     world.lb.down = True
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     assert gate.step(r, tracked(world, ready_since=1.0, drain_deadline=gate.now + DRAIN), look) == "gone"
     assert records(caplog) == [(logging.WARNING, "haproxy del_server: runtime API: connection refused", A)]
     assert_service_field(caplog)
@@ -404,7 +425,7 @@ def test_a_replica_at_another_address_is_registered_again_cutting_what_the_old_o
     gate = Gate(world, port=9000).attach()
     r = replica(port=None)
     server(world, r, sessions=2, address="10.0.0.99:9000")
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     assert gate.step(r, tracked(world, ready_since=1.0)) == ReplicaView(r, "starting", None)
     assert world.lb.sessions_at_delete == {A: 2} and world.lb.members[A].address == "10.0.0.7:9000"
     assert records(caplog) == [(logging.INFO, f"replica {A} is not in the load balancer: registering it", A)]
@@ -412,6 +433,7 @@ def test_a_replica_at_another_address_is_registered_again_cutting_what_the_old_o
 
 
 def test_a_replica_at_its_address_and_port_is_not_registered_again(world: World) -> None:
+    # A replica without a port label is at the config's port: registering it again would cut it.
     gate = Gate(world, port=9000).attach()
     r = replica(port=None)
     stat = server(world, r, address="10.0.0.7:9000")
@@ -434,6 +456,7 @@ def test_a_server_deleted_to_register_a_replica_again_starts_a_new_wait_for_its_
 
 
 def test_a_failed_delete_at_re_registration_still_lets_a_later_delete_wait_out_its_connections(world: World) -> None:
+    # The first try of a delete is remembered with its time, whatever the try that made it.
     gate = Gate(world).attach()
     r = replica()
     look = Look(None, {A: server(world, r, address="10.0.0.99:8000")}, True)
@@ -458,7 +481,7 @@ def test_a_paused_replica_leaves_rotation_at_once_and_times_out_from_its_pause(
     r = replica(state="paused")
     stat = server(world, r)
     t = tracked(world, ready_since=1.0)
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     assert gate.step(r, t) == ReplicaView(r, "starting", stat)
     assert world.calls.names("set_health_down") == [A] and t.unhealthy_since == gate.now
     assert records(caplog) == [
@@ -472,11 +495,12 @@ def test_a_paused_replica_leaves_rotation_at_once_and_times_out_from_its_pause(
 
 
 def test_a_replica_serving_again_is_back_in_rotation(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    # Its check passes again: counted ready again, and the operator reads that it recovered.
     gate = Gate(world).attach()
     r = replica()
     stat = server(world, r)
     t = tracked(world, ready_since=1.0, unhealthy_since=gate.now - 1)
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     assert gate.step(r, t) == ReplicaView(r, "ready", stat)
     assert records(caplog) == [(logging.INFO, f"replica {A} passes its check again: serving", A)]
     # Ready again for every part: shown ready even while the load balancer is down next.
@@ -487,6 +511,7 @@ def test_a_replica_serving_again_is_back_in_rotation(world: World, caplog: pytes
 
 
 def test_a_replica_whose_check_passed_waits_for_promotion_in_a_dry_run(world: World) -> None:
+    # A dry run changes nothing: shown starting, with its server, and not set ready.
     gate = Gate(world).attach()
     r = replica()
     stat = server(world, r, admin="MAINT")
@@ -495,6 +520,7 @@ def test_a_replica_whose_check_passed_waits_for_promotion_in_a_dry_run(world: Wo
 
 
 def test_a_starting_replica_shows_its_server(world: World) -> None:
+    # Its server's sessions and check are what scale-in and `status` read of it.
     gate = Gate(world).attach()
     r = replica()
     stat = server(world, r, admin="MAINT", check="INI")
@@ -504,6 +530,7 @@ def test_a_starting_replica_shows_its_server(world: World) -> None:
 
 
 def test_a_ready_replica_that_fails_its_check_gets_the_startup_timeout_from_then(world: World) -> None:
+    # An old replica is not replaced at its first failed check: it has the timeout to recover.
     gate = Gate(world).attach()
     r = replica()
     server(world, r, check="L4CON")
@@ -549,6 +576,7 @@ def test_a_starting_replica_leaves_the_load_balancer_at_once_on_scale_in(world: 
 
 
 def test_a_starting_replica_not_in_the_load_balancer_is_removed_without_a_delete(world: World) -> None:
+    # Nothing to take out of the load balancer (a delete would fail and log a warning).
     gate = Gate(world).attach()
     assert gate.membership.drain(gate.config, ReplicaView(replica(), "starting", None), tracked(world), gate.now) \
         is False
@@ -556,6 +584,7 @@ def test_a_starting_replica_not_in_the_load_balancer_is_removed_without_a_delete
 
 
 def test_a_starting_replica_whose_server_holds_connections_waits_for_them_on_scale_in(world: World) -> None:
+    # Connections HAProxy still holds on it (retries elsewhere) are not cut at the first try.
     gate = Gate(world).attach()
     r = replica()
     stat = server(world, r, admin="MAINT", check="INI", sessions=1)
@@ -567,11 +596,13 @@ def test_a_starting_replica_whose_server_holds_connections_waits_for_them_on_sca
 def test_a_ready_replica_drains_on_scale_in_and_says_how_many_sessions_it_holds(
     world: World, caplog: pytest.LogCaptureFixture, with_server: bool, sessions: int
 ) -> None:
+    # A serving replica finishes its sessions before it stops (a server the look did not see
+    # counts none); the log says how many it had.
     gate = Gate(world).attach()
     r = replica()
     stat = server(world, r, sessions=2)
     t = tracked(world, ready_since=1.0)
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     view = ReplicaView(r, "ready", stat if with_server else None)
     assert gate.membership.drain(gate.config, view, t, gate.now) is True
     assert world.calls.names("set_drain") == [A] and t.drain_deadline == gate.now + DRAIN
@@ -583,12 +614,13 @@ def test_a_ready_replica_drains_on_scale_in_and_says_how_many_sessions_it_holds(
 def test_a_drain_the_load_balancer_refuses_sets_no_deadline_and_is_logged(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # Not draining in HAProxy: no deadline would end it; the failure is a warning, retried later.
     gate = Gate(world).attach()
     r = replica()
     stat = server(world, r, sessions=2)
     world.lb.down = True
     t = tracked(world, ready_since=1.0)
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     assert gate.membership.drain(gate.config, ReplicaView(r, "ready", stat), t, gate.now) is True
     assert t.drain_deadline is None
     assert records(caplog) == [(logging.WARNING, "haproxy set_drain: runtime API: connection refused", "-")]
@@ -596,6 +628,7 @@ def test_a_drain_the_load_balancer_refuses_sets_no_deadline_and_is_logged(
 
 
 def test_a_draining_replica_is_not_stopped_at_once(world: World) -> None:
+    # Only a ready replica is spared a stop at once (it drains); a draining one has had its drain.
     assert Gate(world).membership.stop_at_once(ReplicaView(replica(), "draining", None))
 
 
@@ -616,6 +649,7 @@ def test_a_failed_replica_leaves_only_a_server_the_last_look_saw(world: World) -
 
 
 def test_a_dry_run_releases_and_sweeps_nothing(world: World) -> None:
+    # A dry run changes nothing in the load balancer.
     gate = Gate(world, dry_run=True).attach()
     server(world, replica())
     look = gate.membership.look(gate.config, gate.now)
@@ -625,12 +659,14 @@ def test_a_dry_run_releases_and_sweeps_nothing(world: World) -> None:
 
 
 def test_a_sweep_while_the_load_balancer_is_down_does_nothing(world: World) -> None:
+    # No servers seen: none can be found without a replica.
     gate = Gate(world).attach()
     gate.membership.sweep(gate.config, Look(None, None, False), set(), gate.now)
     assert "delete_server" not in world.calls.ops()
 
 
 def test_the_server_of_a_replica_being_started_is_not_swept(world: World) -> None:
+    # A start in flight is not listed yet; its server is not an orphan.
     gate = Gate(world).attach()
     server(world, replica())
     gate.state.in_flight.expect_start(A)
@@ -639,9 +675,10 @@ def test_the_server_of_a_replica_being_started_is_not_swept(world: World) -> Non
 
 
 def test_a_server_without_a_replica_is_removed_and_said_once(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    # An orphan server goes, said once even while its connections make it wait.
     gate = Gate(world).attach()
     server(world, replica(), sessions=1)
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     gate.membership.sweep(gate.config, gate.look(), set(), gate.now)
     assert records(caplog) == [
         (logging.INFO, f"server {A} has no replica: removing it from the load balancer", A)]
@@ -677,6 +714,7 @@ def test_progress_asks_the_load_balancer_nothing_when_nothing_is_in_transition(w
 
 
 def test_progress_leaves_a_replica_being_removed_alone(world: World) -> None:
+    # Its removal is in the target's hands; progress does not delete its server under it.
     gate = Gate(world).attach()
     server(world, replica(), admin="DRAIN")
     gate.state.tracked[A] = tracked(world, ready_since=1.0, drain_deadline=gate.now + DRAIN)
@@ -687,6 +725,7 @@ def test_progress_leaves_a_replica_being_removed_alone(world: World) -> None:
 
 
 def test_progress_promotes_a_replica_after_one_the_load_balancer_does_not_know(world: World) -> None:
+    # One replica without a server does not hold back the others' promotion.
     gate = Gate(world).attach()
     gate.state.tracked[A] = tracked(world)  # no server (not registered yet)
     server(world, replica(B), admin="MAINT")
@@ -703,11 +742,12 @@ def test_progress_promotes_a_replica_after_one_the_load_balancer_does_not_know(w
 def test_a_promotion_is_logged_with_the_time_since_the_start(
     world: World, caplog: pytest.LogCaptureFixture, started_by_us: bool, suffix: str
 ) -> None:
+    # How long a start takes to serve is what an operator tunes startup_timeout_seconds from.
     gate = Gate(world).attach()
     r = replica()
     stat = server(world, r, admin="MAINT")
     t = tracked(world, first_seen_at=gate.now - 4.5, registered_at=gate.now - 2, started_by_us=started_by_us)
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     assert gate.step(r, t) == ReplicaView(r, "ready", stat)
     assert world.calls.names("set_ready") == [A] and (t.ready_since, t.unhealthy_since) == (gate.now, None)
     assert records(caplog) == [(logging.INFO, f"replica {A} passed its health check: serving{suffix}", A)]
@@ -728,11 +768,13 @@ def test_a_promotion_after_start_failures_resumes_batched_starts(
     world: World, caplog: pytest.LogCaptureFixture, backoff: bo.Backoff, first_seen: float, recovered: bool,
     noted: bool,
 ) -> None:
+    # The backoff allows one probe start at a time until a replica started after the last failure
+    # serves; then batches again, said once.
     gate = Gate(world).attach()
     gate.state.backoff = backoff
     r = replica()
     server(world, r, admin="MAINT")
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     gate.step(r, tracked(world, first_seen_at=first_seen))
     assert (gate.state.backoff.recovered_at is not None) == recovered
     if backoff.recovered_at is None and recovered:
@@ -742,12 +784,13 @@ def test_a_promotion_after_start_failures_resumes_batched_starts(
 
 
 def test_a_promotion_the_load_balancer_refuses_is_tried_again(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    # Not counted ready while HAProxy does not send it traffic; the failure is a warning.
     gate = Gate(world).attach()
     r = replica()
     look = Look(None, {A: server(world, r, admin="MAINT")}, True)
     world.lb.down = True
     t = tracked(world)
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     gate.step(r, t, look)
     assert t.ready_since is None
     assert records(caplog) == [(logging.WARNING, "haproxy set_ready: runtime API: connection refused", "-")]
@@ -777,13 +820,14 @@ def test_a_worker_replica_healthy_for_the_first_time_is_logged_with_the_time_sin
     worker = Worker(world)
     r = replica(health="healthy")
     t = tracked(world, first_seen_at=world.clock.now() - 4.5, started_by_us=started_by_us)
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     assert worker.step(r, t) == ReplicaView(r, "ready", None)
     assert records(caplog) == [(logging.INFO, f"replica {A} is healthy: ready{suffix}", A)]
     assert_service_field(caplog)
 
 
 def test_a_worker_replica_started_after_the_last_failure_recovers_the_start_backoff(world: World) -> None:
+    # As with a load balancer: a healthy replica started after the last failure ends the probing.
     worker = Worker(world)
     now = world.clock.now()
     worker.state.backoff = bo.Backoff(2, now - 10, now - 50)
@@ -792,10 +836,11 @@ def test_a_worker_replica_started_after_the_last_failure_recovers_the_start_back
 
 
 def test_a_worker_replica_healthy_again_says_so_once(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    # Back from unhealthy: counted ready again, said once.
     worker = Worker(world)
     r = replica(health="healthy")
     t = tracked(world, ready_since=1.0, unhealthy_since=5.0)
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     worker.step(r, t)
     worker.step(r, t)
     assert records(caplog) == [(logging.INFO, f"replica {A} is healthy again", A)] and t.unhealthy_since is None
@@ -805,10 +850,11 @@ def test_a_worker_replica_healthy_again_says_so_once(world: World, caplog: pytes
 def test_a_worker_replica_that_stops_being_healthy_says_what_docker_says(
     world: World, caplog: pytest.LogCaptureFixture, health: str | None, shown: str
 ) -> None:
+    # A ready replica that is no longer: the log says what Docker reports, and its timeout starts.
     worker = Worker(world)
     r = replica(health=health)
     t = tracked(world, ready_since=1.0)
-    caplog.set_level(logging.INFO, "autoscaler.engine")
+    listen(caplog, logging.INFO)
     assert worker.step(r, t) == ReplicaView(r, "starting", None)
     assert records(caplog) == [(logging.INFO, f"replica {A} is {shown}", A)] and t.unhealthy_since == world.clock.now()
 
@@ -825,9 +871,11 @@ def test_a_worker_replica_that_stops_being_healthy_says_what_docker_says(
 def test_a_worker_replica_never_healthy_past_its_startup_timeout_is_unhealthy_with_its_reason(
     world: World, state: str, health: str | None, why: str
 ) -> None:
+    # The reason is what the failure line and `status` show the operator.
     assert Worker(world).step(replica(state=state, health=health), tracked(world)) == Unhealthy(why)
 
 
 def test_a_worker_replica_not_healthy_yet_is_starting(world: World) -> None:
+    # Within its startup timeout: counted as on its way, not ready and not failed.
     r = replica(health="starting")
     assert Worker(world).step(r, tracked(world, first_seen_at=world.clock.now())) == ReplicaView(r, "starting", None)
