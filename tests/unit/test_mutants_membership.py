@@ -201,7 +201,12 @@ def test_a_load_balancer_brought_back_by_a_look_is_the_services_and_registers_ev
     gate = Gate(world).attach()
     created: list[LoadBalancerSpec] = []
     create = world.backend.create_load_balancer
-    monkeypatch.setattr(world.backend, "create_load_balancer", lambda spec: (created.append(spec), create(spec))[1])
+
+    def recording_create(spec: LoadBalancerSpec) -> str:
+        created.append(spec)
+        return create(spec)
+
+    monkeypatch.setattr(world.backend, "create_load_balancer", recording_create)
     t = tracked(world, registered_at=gate.now - 1)
     gate.state.tracked[A] = t
     world.backend.lb_state = None  # its container is gone
@@ -694,7 +699,12 @@ def test_a_server_without_a_replica_is_removed_and_said_once(world: World, caplo
 def _counting_polls(world: World, monkeypatch: Any) -> list[int]:
     polls: list[int] = []
     servers = world.lb.servers
-    monkeypatch.setattr(world.lb, "servers", lambda: (polls.append(1), servers())[1])
+
+    def counting_servers() -> dict[str, ServerStat]:
+        polls.append(1)
+        return servers()
+
+    monkeypatch.setattr(world.lb, "servers", counting_servers)
     return polls
 
 
