@@ -15,6 +15,7 @@ import re
 from typing import Any
 
 import pytest
+from engine_fakes import service_config
 from prometheus_client import CollectorRegistry
 
 from autoscaler.engine import backoff as bo
@@ -31,10 +32,9 @@ from autoscaler.engine.ports import (
     Replica,
     ServerStat,
 )
-from autoscaler.engine.replicas import Tracked
+from autoscaler.engine.replicas import ReplicaView, Tracked, choose_victims
 from autoscaler.engine.state import Context, ServiceState
 from autoscaler.telemetry import Telemetry
-from engine_fakes import service_config
 
 SERVICE = "web"
 LB_NAME = "autoscaler-web-lb"
@@ -311,8 +311,8 @@ def test_a_failed_repair_is_retried_when_its_backoff_ends(logs: pytest.LogCaptur
     assert rig.creates() == 2
     assert lines(logs) == [
         (WARN, f"load balancer missing ({API_DOWN}): creating it"),
-        (logging.ERROR, "cannot bring the load balancer back: docker container_start for service 'web': "
-                        "port is already allocated (next try in 1s)"),
+        (logging.ERROR, ("cannot bring the load balancer back: docker container_start for service 'web': "
+                         "port is already allocated (next try in 1s)")),
     ]
 
 
@@ -522,3 +522,15 @@ def test_forgetting_what_is_gone_keeps_a_start_in_flight() -> None:
     state.in_flight.expect_start("starting")
     state.forget({"listed"})
     assert sorted(state.tracked) == ["listed", "starting"]
+
+
+# --- which replicas go on a scale-in -------------------------------------------------------------
+
+
+def test_a_starting_replica_without_a_server_serves_no_session() -> None:
+    # Two starting replicas, one registered (no sessions) and a newer one not registered yet
+    # (no server): neither serves anybody, so the tie goes to the newest, as for any tie.
+    registered = ReplicaView(Replica("a", "web-a", SERVICE, "running", "10.0.0.1", WALL - 60), "starting",
+                             ServerStat("web-a", "10.0.0.1:8000", "MAINT", "INI", 0, 0, 0.0, None, 0, 0))
+    unregistered = ReplicaView(Replica("b", "web-b", SERVICE, "running", "10.0.0.2", WALL - 30), "starting", None)
+    assert choose_victims([registered, unregistered], 1) == [unregistered]
