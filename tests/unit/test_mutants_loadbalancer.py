@@ -272,6 +272,7 @@ def test_a_starting_load_balancer_is_used_once_known(logs: pytest.LogCaptureFixt
 
 
 def test_a_keeper_without_a_load_balancer_uses_a_starting_one() -> None:
+    # Not even set-up's load balancer known (no API yet): a starting one is adopted as it is.
     rig = Rig()
     rig.host.set("running", 5.0, lb_id=NEW_ID)
     assert rig.look() == (None, None, False)
