@@ -124,7 +124,13 @@ class Membership:
         self._fresh = fresh
         self._keeper.use(lb)
         if wait_seconds > 0:
-            self._keeper.wait(wait_seconds)
+            try:
+                self._keeper.wait(wait_seconds)
+            except MembershipError:
+                # The caller learns of no load balancer from a failed attach(): one made here
+                # goes now, or the failed start would leave it (and its network) behind.
+                self.remove_created()
+                raise
         log.info("ready: load balancer %s%s", lb.name, " (new)" if fresh else " (adopted)", extra=self._ctx.extra())
         return fresh
 

@@ -17,7 +17,7 @@ import pytest
 from autoscaler.engine import backoff as bo
 from autoscaler.engine.health import ServiceHealth
 from autoscaler.engine.membership import DirectGate, Look, Membership, lb_spec
-from autoscaler.engine.ports import BackendError, BackendStat, LoadBalancerSpec, Replica, ServerStat
+from autoscaler.engine.ports import BackendError, BackendStat, LoadBalancerSpec, MembershipError, Replica, ServerStat
 from autoscaler.engine.replicas import ReplicaView, Tracked, Unhealthy
 from autoscaler.engine.state import Context, ServiceState
 from engine_fakes import NETWORK, OLD, PASSED, PORT, SERVICE, World, name, service_config
@@ -889,3 +889,18 @@ def test_a_worker_replica_not_healthy_yet_is_starting(world: World) -> None:
     # Within its startup timeout: counted as on its way, not ready and not failed.
     r = replica(health="starting")
     assert Worker(world).step(r, tracked(world, first_seen_at=world.clock.now())) == ReplicaView(r, "starting", None)
+
+
+def test_a_start_whose_new_load_balancer_never_answers_leaves_nothing_behind(world: World, monkeypatch: Any) -> None:
+    # Set-up created the network and the load balancer, whose API then never answered within
+    # the wait: the failed start removes the load balancer it made, then the network (which
+    # Docker refuses to remove while a container is still attached to it).
+    world.backend.lb_state = None
+    world.lb.down = True
+    monkeypatch.setattr(world.backend, "ensure_network", lambda service, name: world.calls.add("ensure_network", name) or True)
+    controller = world.controller(setup=False)
+    with pytest.raises(MembershipError):
+        controller.setup(5)
+    ops = [op for op, _ in world.calls.entries]
+    assert ops.index("ensure_load_balancer") < ops.index("remove_load_balancer") < ops.index("remove_network")
+    assert ops.count("remove_load_balancer") == 1
