@@ -267,6 +267,7 @@ class ServiceController:
             except (BackendError, MembershipError) as exc:
                 self.ctx.once("setup", logging.ERROR, "cannot set up the service: %s (trying again)", exc)
                 return None
+            self.health.notes.pop("setup", None)  # set up: a later failure to set up is news again
         self._refresh_template(config, now)
         started = self.target.collect(config, now)
         look = self.gate.look(config, now)
@@ -441,7 +442,7 @@ class ServiceController:
 
     def _fence(self) -> None:
         if self._lease is not None and not self.dry_run and not self._lease.held():
-            raise LeaseLost(self.name)
+            raise LeaseLost(f"the lease of {self.name} is no longer held by this daemon")
 
     def _lease_lost(self) -> None:
         """Stop acting: whoever holds the lease now may change things; set up again once ours."""

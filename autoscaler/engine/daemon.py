@@ -569,7 +569,7 @@ def service_status(controller: ServiceController, now: float, interval_seconds: 
     if health.standby_holder is not None:
         warnings.append(f"standing by: the service is held by {health.standby_holder}")
     if health.engine_down_since is not None:
-        warnings.append(f"Docker engine not reachable for {now - health.engine_down_since:.0f}s")
+        warnings.append(f"Docker engine not reachable for {now - health.engine_down_since:.0f}s ({health.engine_error})")
     if health.lb_down_since is not None:
         warnings.append(f"load balancer not answering for {now - health.lb_down_since:.0f}s ({health.lb_error})")
     backoff = controller.start_backoff

@@ -429,7 +429,7 @@ def test_an_engine_outage_counts_from_when_the_failed_call_began_and_is_logged_e
     assert controller.run_cycle() is None
     shown = status(world, controller)
     assert shown["state"] == "engine_unreachable"
-    assert "Docker engine not reachable for 5s" in shown["warnings"]
+    assert "Docker engine not reachable for 5s (" + str(BackendError("container_list", SERVICE, "timed out")) + ")" in shown["warnings"]
 
     world.clock.advance(10)
     world.backend.list_replicas = listing  # type: ignore[method-assign]
@@ -1095,7 +1095,7 @@ def test_a_start_fenced_by_a_lost_lease_is_logged_at_debug_naming_the_service(ca
 
     controller.run_cycle()
 
-    assert [r.getMessage() for r in records(caplog, "not started")] == [f"replica {start} not started: {SERVICE}"]
+    assert [r.getMessage() for r in records(caplog, "not started")] == [f"replica {start} not started: the lease of {SERVICE} is no longer held by this daemon"]
 
 
 # --- sampling: readings and counters into the policy's snapshot ------------------------------------
@@ -1204,3 +1204,28 @@ def test_the_load_balancer_queue_and_response_time_come_from_its_backend() -> No
     assert (with_backend.snapshot.queue_current, with_backend.response_time_ms) == (3.0, 40.0)
     without = sample(Sampler(SERVICE), [view], {A: reading()})
     assert (without.snapshot.queue_current, without.response_time_ms) == (None, None)
+
+
+def test_a_set_up_that_fails_again_after_one_that_worked_is_said_again(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Set up, then the lease lost and taken back: the set-up runs again, and its failure (the
+    # same words as an earlier one) is a new outage, said again.
+    world.adopt(A)
+    real = world.backend.ensure_load_balancer
+
+    def refused(spec: Any) -> Any:
+        raise BackendError("container_create", SERVICE, "port is already allocated")
+
+    world.backend.ensure_load_balancer = refused  # type: ignore[method-assign]
+    controller = world.controller(setup=False, lease=True)
+    assert controller.run_cycle() is None
+    world.backend.ensure_load_balancer = real  # type: ignore[method-assign]
+    assert controller.run_cycle() is not None, "set up"
+    world.lease.mine, world.lease.holder = False, "other-host:4242"
+    assert controller.run_cycle() is None
+    world.lease.mine, world.lease.holder = True, None
+    world.backend.ensure_load_balancer = refused  # type: ignore[method-assign]
+    assert controller.run_cycle() is None
+
+    assert len(records(caplog, "cannot set up the service")) == 2
