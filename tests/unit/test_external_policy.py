@@ -174,6 +174,8 @@ VOTES: dict[str, tuple[dict[str, Any], ServiceSnapshot, int, str, str]] = {
 def test_external_metrics_vote_with_the_others(
     keys: dict[str, Any], snapshot: ServiceSnapshot, desired: int, reason: str, message: str
 ) -> None:
+    # Not keys.pop(): the table is shared by every run of this test in the process.
+    keys = dict(keys)
     metrics = keys.pop("metrics", None) or [external()]
     decision, history = evaluate(snapshot, policy(*metrics, **keys), BOUNDS, History(), 100.0)
     assert (decision.desired, decision.reason) == (desired, reason), decision.message
