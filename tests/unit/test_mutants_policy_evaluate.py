@@ -11,7 +11,7 @@ import pytest
 from autoscaler.config import PolicyConfig
 from autoscaler.model import Bounds, History, Metric, MetricProposal, Recommendations, ServiceSnapshot, TimedValue
 from autoscaler.policy.evaluate import evaluate
-from tests.unit.test_external_policy import ZERO, policy, snap, zero_policy
+from test_external_policy import ZERO, policy, snap, zero_policy
 
 NOW = 10_000.0
 
