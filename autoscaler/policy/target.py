@@ -139,6 +139,7 @@ def target_tracking(
     new_utilization = total / count
     new_ratio = new_utilization / target
     detail = f"{head} ({', '.join(notes)}: {new_utilization:.4g}{unit})" if explain else ""
+    held = f"{detail}: hold" if explain else ""
     if (
         low <= new_ratio <= high
         or (ratio < 1.0 < new_ratio)
@@ -146,14 +147,14 @@ def target_tracking(
     ):
         # The rework flipped the direction or landed in the band: not sure enough to act.
         return MetricProposal(
-            metric, utilization, target, current_replicas, f"{detail}: hold", "hold"
+            metric, utilization, target, current_replicas, held, "hold"
         )
     proposal = _ceil_replicas(new_ratio * count)
     if (new_ratio < 1.0 and proposal > current_replicas) or (
         new_ratio > 1.0 and proposal < current_replicas
     ):
         return MetricProposal(
-            metric, utilization, target, current_replicas, f"{detail}: hold", "hold"
+            metric, utilization, target, current_replicas, held, "hold"
         )
     return MetricProposal(metric, utilization, target, proposal, detail, "scale")
 

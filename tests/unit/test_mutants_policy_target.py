@@ -49,14 +49,13 @@ def test_unexplained_target_tracking_is_the_explained_one_without_text(
 ) -> None:
     # simulate runs target_tracking every simulated step with explain=False: the count, the
     # code and the numbers must be those a live decision gets, and no message is formatted (a
-    # fifth of simulate's time). Only the rework's hold keeps a fixed ": hold" (see Bugs seen).
+    # fifth of simulate's time), the rework's hold included.
     explained = target_tracking(Metric.CPU, replicas, target, BAND, current)
     quiet = target_tracking(Metric.CPU, replicas, target, BAND, current, explain=False)
     assert (explained.proposal, explained.reason) == (proposal, reason)
     assert explained.message  # the live decision explains itself
     assert quiet[:4] == explained[:4] and quiet.reason == explained.reason
-    if reason != "hold":
-        assert quiet.message == ""
+    assert quiet.message == ""
 
 
 AVERAGE = ExternalTarget("jobs", 5.0, True, 0.0)
