@@ -598,6 +598,15 @@ def test_a_drain_finished_by_a_pass_stops_the_replica_and_says_which(world: Worl
 # --- the orchestrator's tasks: their servers' counters are read ----------------------------------
 
 
+def rates_after_50_sessions_in_5s(world: World, controller: Any) -> dict[str, float | None]:
+    """The request rates of the next pass's snapshot, after X's server counted 50 sessions in 5 s."""
+    world.lb.members[X].sessions_total = 50
+    world.clock.advance(5)
+    controller.run_cycle()
+    assert controller.last_snapshot is not None
+    return {r.name: r.requests_per_second for r in controller.last_snapshot.replicas}
+
+
 def test_a_task_the_orchestrator_is_starting_is_sampled_with_its_server(world: World) -> None:
     # A Swarm task still "created" counts as starting, with its load balancer counters (the
     # request rate is read from them), and does not hide the tasks listed after it.
@@ -607,14 +616,8 @@ def test_a_task_the_orchestrator_is_starting_is_sampled_with_its_server(world: W
     world.orchestrator.count = 2
     controller = world.controller(orchestrated=True, min_replicas=2, max_replicas=2)
     controller.run_cycle()
-    world.lb.members[X].sessions_total = 50
-    world.clock.advance(5)
 
-    controller.run_cycle()
-
-    assert controller.last_snapshot is not None
-    rates = {r.name: r.requests_per_second for r in controller.last_snapshot.replicas}
-    assert rates == {X: 10.0, A: 0.0}
+    assert rates_after_50_sessions_in_5s(world, controller) == {X: 10.0, A: 0.0}
 
 
 def test_an_unhealthy_task_left_to_the_orchestrator_is_sampled_with_its_server(world: World) -> None:
@@ -626,14 +629,8 @@ def test_an_unhealthy_task_left_to_the_orchestrator_is_sampled_with_its_server(w
     controller.run_cycle()
     world.clock.advance(11)  # out of rotation longer than the startup timeout
     controller.run_cycle()
-    world.lb.members[X].sessions_total = 50
-    world.clock.advance(5)
 
-    controller.run_cycle()
-
-    assert controller.last_snapshot is not None
-    rates = {r.name: r.requests_per_second for r in controller.last_snapshot.replicas}
-    assert rates[X] == 10.0
+    assert rates_after_50_sessions_in_5s(world, controller)[X] == 10.0
 
 
 # --- the count to keep: a surplus found before deciding ---------------------------------------------
