@@ -22,9 +22,12 @@ import docker.errors
 
 def remove_service_objects(client, service: str) -> None:  # type: ignore[no-untyped-def]
     """Removes every container and network labelled with this service name."""
-    for container in client.containers.list(all=True, filters={"label": f"autoscaler.service={service}"}):
+    # The low-level list: containers.list() inspects each container it lists, which fails for
+    # one removed in between (a lease container removes itself).
+    for container in client.api.containers(all=True, filters={"label": f"autoscaler.service={service}"}):
         try:
-            container.remove(force=True, v=True)  # v: the daemon image's anonymous admin volume too
+            # v: the daemon image's anonymous admin volume too
+            client.api.remove_container(container["Id"], force=True, v=True)
         except docker.errors.APIError as exc:
             # Gone meanwhile, or already being removed (a lease container removes itself).
             if exc.status_code not in (404, 409):

@@ -35,11 +35,13 @@ class Lab:
         label = f"autoscaler.service={service}"
         for svc in self.client.api.services(filters={"label": label}):
             self.client.api.remove_service(svc["ID"])
-        for container in self.client.containers.list(all=True, filters={"label": label}):
+        # The low-level list: containers.list() inspects each container it lists, and the
+        # service's tasks are going away (a 404 between the list and the inspect).
+        for container in self.client.api.containers(all=True, filters={"label": label}):
             try:
-                container.remove(force=True)
+                self.client.api.remove_container(container["Id"], force=True)
             except docker.errors.APIError:
-                pass
+                pass  # gone already, or going
         deadline = time.time() + 30
         for network in self.client.networks.list(filters={"label": label}):
             while True:
