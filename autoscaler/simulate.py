@@ -376,7 +376,7 @@ def simulate(
             rows, _ = _replay_in_halves(setup, steps)
         else:
             rows = _run(setup, 0, steps, *_initial_state(setup)).rows
-        return Result(rows, _summary(rows, setup, interval_seconds), notes, setup.external)
+        return Result(rows, _summary(rows, setup), notes, setup.external)
 
 
 @dataclass(frozen=True)
@@ -669,9 +669,10 @@ class _Child:
         os.waitpid(self.pid, 0)
 
 
-def _summary(rows: list[Row], setup: _Setup, interval_seconds: float) -> Summary:
+def _summary(rows: list[Row], setup: _Setup) -> Summary:
     """The replay's totals, from its rows: after a step the service has `desired` replicas, and
     the count before a step is the one after the step before (min_replicas at first)."""
+    interval_seconds = setup.interval_seconds
     desired = list(map(operator.itemgetter(3), rows))
     before = [setup.min_replicas, *islice(desired, len(desired) - 1)]
     cpu = list(map(operator.itemgetter(4), rows))  # NaN where no replica was ready

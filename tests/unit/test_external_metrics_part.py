@@ -127,15 +127,20 @@ def test_one_reading_per_metric_in_config_order(part: Part) -> None:
     assert [s.metric.name for s in part.factory.made] == ["zeta", "alpha", "mid"], "one source each, made once"
 
 
-def test_the_sources_are_read_at_the_same_time(part: Part) -> None:
-    # Each read waits at a barrier for all three: read one after the other, they would time
-    # out there (5 s) and come back as failures.
-    service = config(metric("a"), metric("b"), metric("c"))
+def read_three_at_a_barrier(part: Part, service: Any) -> Any:
+    """A read of `service`'s three sources where each waits at a barrier for the other two (the
+    sources made by a first read): read one after the other, they time out there (5 s)."""
     part.external.read(service)
     barrier = threading.Barrier(3)
     for source in part.factory.made:
         source.barrier = barrier
-    readings = part.external.read(service)
+    return part.external.read(service)
+
+
+def test_the_sources_are_read_at_the_same_time(part: Part) -> None:
+    # Each read waits at a barrier for all three: read one after the other, they would time
+    # out there (5 s) and come back as failures.
+    readings = read_three_at_a_barrier(part, config(metric("a"), metric("b"), metric("c")))
     assert [r.value for r in readings] == [1.0, 1.0, 1.0], readings
     assert len({s.thread for s in part.factory.made}) == 3
     assert all(s.thread and s.thread.startswith(f"metrics-{SERVICE}") for s in part.factory.made)

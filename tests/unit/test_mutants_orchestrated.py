@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from engine_fakes import NETWORK, SERVICE, FakeOrchestrator, World, name
 from test_external_metrics_part import SERVICE as EXTERNAL_SERVICE
-from test_external_metrics_part import Part, config, metric
+from test_external_metrics_part import Part, config, metric, read_three_at_a_barrier
 
 from autoscaler.engine.external import MAX_PARALLEL_READS
 from autoscaler.engine.ports import BackendError, ExitReport, ReplicaSpec, SourceError
@@ -543,13 +543,7 @@ def test_up_to_16_sources_are_read_side_by_side_never_more(part: Part) -> None:
 def test_a_reload_that_adds_metrics_reads_them_side_by_side_too(part: Part) -> None:
     # The reader's threads grow with the metrics a reload adds: three sources, three at once.
     part.external.read(config(metric("a")))
-    service = config(metric("a"), metric("b"), metric("c"))
-    part.external.read(service)
-    barrier = threading.Barrier(3)
-    for source in part.factory.made:
-        source.barrier = barrier
-
-    readings = part.external.read(service)
+    readings = read_three_at_a_barrier(part, config(metric("a"), metric("b"), metric("c")))
 
     assert [r.value for r in readings] == [1.0, 1.0, 1.0], readings
     assert all(s.thread and s.thread.startswith(f"metrics-{EXTERNAL_SERVICE}") for s in part.factory.made)
